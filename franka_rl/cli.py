@@ -1,0 +1,76 @@
+"""`franka-rl`: one entry point, one subcommand per job.
+
+Each module in `franka_rl.commands` registers its subcommands with `register(subparsers)` and
+imports its heavy dependencies (JAX, MuJoCo) only inside its handler, so `franka-rl --help` is fast.
+Errors a user can cause are raised as `UserError` (or a subclass such as `ConfigError`) and printed
+as one line, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from franka_rl import commands
+from franka_rl.config import ConfigError
+
+
+class UserError(RuntimeError):
+    """An error the user can fix; printed as one line with what to do."""
+
+
+#: Errors printed without a traceback. Packages add theirs with `register_user_error`.
+_USER_ERRORS: list[type[BaseException]] = [UserError, ConfigError]
+
+
+def register_user_error(exc_type: type[BaseException]) -> None:
+    if exc_type not in _USER_ERRORS:
+        _USER_ERRORS.append(exc_type)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `--config FILE` and trailing `key=value` overrides every run command takes."""
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="YAML config (default: configs/peg_insertion_sim.yaml, the MuJoCo twin)",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="config overrides in dotted form, e.g. env.control_hz=20 task.max_episode_steps=50",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="franka-rl",
+        description="Reinforcement learning on a Franka arm with wrist cameras, and its MuJoCo twin.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{commands.__name__}.{info.name}")
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.handler(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except tuple(_USER_ERRORS) as exc:
+        print(f"franka-rl {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

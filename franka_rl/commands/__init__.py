@@ -1,0 +1,1 @@
+"""Subcommands of `franka-rl`: each module here defines `register(subparsers)`."""

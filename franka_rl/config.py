@@ -1,0 +1,95 @@
+"""The whole run's configuration: typed dataclasses, loaded from YAML with command-line overrides.
+
+    cfg = load_config("configs/peg_insertion_sim.yaml", ["env.control_hz=20", "seed=3"])
+
+OmegaConf's structured configs check every key and type against the dataclasses; this module turns
+its errors into one line that names the offending key and the file it came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from robot_env.config import EnvConfig, TaskConfig
+from robot_env.real_config import RealConfig
+from sim.config import SimConfig
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "peg_insertion_sim.yaml"
+
+
+@dataclass
+class Config:
+    # "sim" drives the MuJoCo twin; "real" drives the arm through franky.
+    mode: str = "sim"
+    seed: int = 0
+    # Where runs write their outputs (episodes, checkpoints, reports).
+    output_dir: str = "runs"
+    task: TaskConfig = field(default_factory=TaskConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    sim: SimConfig = field(default_factory=SimConfig)
+    real: RealConfig = field(default_factory=RealConfig)
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+_VALID_MODES = ("sim", "real")
+
+
+def _explain(exc: OmegaConfBaseException, source: str) -> str:
+    key = getattr(exc, "full_key", None) or "?"
+    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"{source}: bad config key '{key}': {msg}. Fix or remove it (see `franka-rl show-config`)."
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
+    """Load `path` (default: the twin's peg insertion) over the dataclass defaults, then apply
+    `overrides` given as `dotted.key=value` strings."""
+    schema = OmegaConf.structured(Config)
+    merged = schema
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found; the presets live in {CONFIG_DIR}")
+    try:
+        merged = OmegaConf.merge(merged, OmegaConf.load(path))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_explain(exc, str(path))) from None
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. env.control_hz=20)")
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as exc:
+            raise ConfigError(_explain(exc, f"override '{item}'")) from None
+    try:
+        cfg: Config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_explain(exc, str(path))) from None
+    if cfg.mode not in _VALID_MODES:
+        raise ConfigError(f"mode must be one of {_VALID_MODES}, got '{cfg.mode}'")
+    return cfg
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def config_hash(cfg: Config) -> str:
+    """Short stable hash of everything that defines the task and the data it produces.
+
+    Output locations and the seed are left out: two runs of the same setup share a hash.
+    """
+    tree = OmegaConf.to_container(OmegaConf.structured(cfg))
+    for volatile in ("output_dir", "seed"):
+        tree.pop(volatile, None)
+    text = OmegaConf.to_yaml(OmegaConf.create(tree))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
