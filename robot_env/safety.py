@@ -16,6 +16,8 @@ from scipy.spatial.transform import Rotation
 
 from robot_env.config import TaskConfig
 
+_ROUND_TRIP_TOLERANCE = 1e-9
+
 
 @dataclass(frozen=True)
 class SafetyBox:
@@ -50,12 +52,15 @@ class SafetyBox:
         """Clip a target into the box; returns (position, quat, whether anything was clipped)."""
         clipped_position = np.clip(position, self.position_low, self.position_high)
         rotvec = self.relative_rotvec(quat)
-        clipped_rotvec = np.clip(rotvec, self.rotation_low, self.rotation_high)
-        was_clipped = bool(
-            np.any(clipped_position != position) or np.any(clipped_rotvec != rotvec)
+        # The quaternion → rotation-vector round trip is exact only to ~1e-15: a target on the
+        # boundary must not count as outside it.
+        rotation_outside = np.any(rotvec < self.rotation_low - _ROUND_TRIP_TOLERANCE) or np.any(
+            rotvec > self.rotation_high + _ROUND_TRIP_TOLERANCE
         )
-        if np.any(clipped_rotvec != rotvec):
+        if rotation_outside:
+            clipped_rotvec = np.clip(rotvec, self.rotation_low, self.rotation_high)
             quat = (self.nominal_rotation * Rotation.from_rotvec(clipped_rotvec)).as_quat()
+        was_clipped = bool(np.any(clipped_position != position) or rotation_outside)
         return clipped_position, np.asarray(quat, dtype=np.float64), was_clipped
 
     def contains(self, position: np.ndarray, quat: np.ndarray, tolerance: float = 1e-9) -> bool:
