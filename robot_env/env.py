@@ -69,7 +69,7 @@ def pose_success_fn(task: TaskConfig) -> SuccessFn:
 
 
 class FrankaEnv(gym.Env):
-    metadata = {"render_modes": ["rgb_array"]}
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
 
     def __init__(
         self,
@@ -111,6 +111,7 @@ class FrankaEnv(gym.Env):
         self._render_fn = render_fn
 
         self.period = 1.0 / env_cfg.control_hz
+        self.metadata = {**self.metadata, "render_fps": env_cfg.control_hz}
         self.safety_box = SafetyBox.from_task(task)
         self._reset_position, reset_quat = pose6_to_pos_quat(task.reset_pose)
         self._reset_rotation = Rotation.from_quat(reset_quat)

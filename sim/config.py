@@ -33,3 +33,33 @@ class SimConfig:
     render_backend: str = "auto"
     shadows: bool = False
     randomization: DomainRandomizationConfig = field(default_factory=DomainRandomizationConfig)
+
+    # --- Peg and fixture geometry. The fixture sits on the table under `task.target_pose`, at the
+    # height where the peg tip touches the hole's floor when the TCP is at the target pose.
+    # Side of the square peg (m); the gripper closes on it, so this is also the closed width.
+    peg_side: float = 0.02
+    # How far the peg tip sticks out below the TCP (the fingertips), along the tool axis (m).
+    peg_length_below_tcp: float = 0.045
+    hole_depth: float = 0.03
+    # 45° chamfer at the hole's entry, measured along the wall (m); 0 for a sharp edge.
+    hole_chamfer: float = 0.002
+    # Half of the fixture block's side (m).
+    fixture_half_width: float = 0.06
+    # Coulomb friction between the peg/fingers and the fixture/table.
+    friction: float = 0.3
+
+    # --- Robot emulation.
+    # Null-space posture spring (Nm/rad) toward the home joint configuration; damping is critical
+    # for unit inertia, as for the Cartesian gains.
+    null_space_stiffness: float = 10.0
+    # Blocking moves (resets): reference speed limits and arrival tolerances.
+    move_speed: float = 0.15
+    move_angular_speed: float = 1.0
+    move_tolerance_m: float = 0.002
+    move_tolerance_rad: float = 0.02
+    # Joint-space home move (`joint_reset`): reference speed limit (rad/s).
+    joint_reset_speed: float = 1.0
+    # Contact force (N) above which the arm stops with a reflex error, as the real arm does.
+    reflex_force: float = 150.0
+    # Wrist cameras' vertical field of view (deg); the renderer's light and material setup is fixed.
+    camera_fovy: float = 70.0
