@@ -32,7 +32,11 @@ def test_clip_always_lands_inside_and_is_idempotent(position, rotvec):
     st.lists(st.floats(0.0, 1.0), min_size=3, max_size=3).map(np.array),
 )
 def test_targets_inside_pass_unchanged(position_fraction, rotation_fraction):
-    position = BOX.position_low + position_fraction * (BOX.position_high - BOX.position_low)
+    position = np.clip(
+        BOX.position_low + position_fraction * (BOX.position_high - BOX.position_low),
+        BOX.position_low,
+        BOX.position_high,
+    )
     rotvec = BOX.rotation_low + rotation_fraction * (BOX.rotation_high - BOX.rotation_low)
     quat = (BOX.nominal_rotation * Rotation.from_rotvec(rotvec)).as_quat()
     clipped_position, clipped_quat, was_clipped = BOX.clip(position, quat)

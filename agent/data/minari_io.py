@@ -1,0 +1,137 @@
+"""Export episodes to a Minari dataset and import them back (Farama's offline-RL format).
+
+Minari keeps datasets under `MINARI_DATASETS_PATH` (default ~/.minari/datasets). Export writes
+HDF5 without JPEG encoding, so frames stay lossless. Per-step extras go into Minari's `infos`
+with Minari's convention of T+1 entries (entry 0 belongs to the reset): `intervened` and
+`success`. Each episode's own metadata (task, source, config hash, ...) is kept as the JSON
+attribute `franka_rl_metadata` of the Minari episode.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from agent.data.episodes import Episode, make_metadata
+
+METADATA_KEY = "franka_rl_metadata"
+
+
+class MinariError(ValueError):
+    """A Minari dataset that cannot be written or read."""
+
+
+def _space_for(array: np.ndarray) -> gym.spaces.Box:
+    shape = array.shape[1:]
+    if array.dtype == np.uint8:
+        return gym.spaces.Box(0, 255, shape, np.uint8)
+    return gym.spaces.Box(-np.inf, np.inf, shape, array.dtype)
+
+
+def _with_reset_entry(values: np.ndarray) -> np.ndarray:
+    return np.concatenate([np.zeros(1, values.dtype), values])
+
+
+def export_minari(episodes: Iterable[Episode], dataset_id: str, *, description: str = "",
+                  author: str | None = None, algorithm_name: str = "franka-rl recording"):
+    """Write `episodes` as a new local Minari dataset `dataset_id` (e.g. "franka/peg-demos-v0")."""
+    import minari
+    from minari.data_collector.episode_buffer import EpisodeBuffer
+
+    episodes = list(episodes)
+    if not episodes:
+        raise MinariError("no episodes to export")
+    first = episodes[0]
+    observation_space = gym.spaces.Dict({k: _space_for(v) for k, v in first.observations.items()})
+    action_space = gym.spaces.Box(-1.0, 1.0, first.actions.shape[1:], np.float32)
+    buffers = []
+    for index, episode in enumerate(episodes):
+        if episode.observations.keys() != first.observations.keys():
+            raise MinariError(f"episode {index} has observation keys {sorted(episode.observations)}, "
+                              f"the first one {sorted(first.observations)}")
+        infos = {
+            "intervened": _with_reset_entry(episode.intervened.astype(bool)),
+            "success": _with_reset_entry(np.asarray(episode.info.get("success", episode.rewards > 0), bool)),
+        }
+        seed = episode.metadata.get("seed")
+        buffers.append(EpisodeBuffer(
+            id=index,
+            seed=int(seed) if isinstance(seed, int) else None,
+            observations={k: np.asarray(v) for k, v in episode.observations.items()},
+            actions=np.asarray(episode.actions, np.float32),
+            rewards=np.asarray(episode.rewards, np.float32),
+            terminations=np.asarray(episode.terminated, bool),
+            truncations=np.asarray(episode.truncated, bool),
+            infos=infos,
+        ))
+    try:
+        with warnings.catch_warnings():
+            # Minari nags about optional fields (env spec: recordings come from a robot or the twin,
+            # not a registered env; permalink, e-mail); the dataset is complete without them.
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"minari\.")
+            dataset = minari.create_dataset_from_buffers(
+                dataset_id, buffers, observation_space=observation_space, action_space=action_space,
+                algorithm_name=algorithm_name, author=author,
+                description=description or f"{len(episodes)} episodes recorded with franka-rl "
+                f"(task {first.metadata.get('task', '?')})",
+                data_format="hdf5", jpeg_encoding=False,
+            )
+    except (ValueError, FileExistsError, AssertionError) as exc:
+        raise MinariError(f"cannot create Minari dataset '{dataset_id}': {exc}") from None
+    dataset.storage.update_episode_metadata(
+        [{METADATA_KEY: json.dumps(e.metadata, sort_keys=True)} for e in episodes], range(len(episodes))
+    )
+    return dataset
+
+
+def _step_info(infos: dict[str, Any] | None, key: str, steps: int) -> np.ndarray | None:
+    if not infos or key not in infos:
+        return None
+    values = np.asarray(infos[key])
+    if values.shape[0] == steps + 1:
+        return values[1:]
+    if values.shape[0] == steps:
+        return values
+    return None
+
+
+def import_minari(dataset_id: str) -> Iterator[Episode]:
+    """Episodes of the local Minari dataset `dataset_id` (nothing is downloaded)."""
+    import minari
+
+    try:
+        dataset = minari.load_dataset(dataset_id, download=False)
+    except (FileNotFoundError, ValueError) as exc:
+        raise MinariError(f"no local Minari dataset '{dataset_id}' ({exc}); check MINARI_DATASETS_PATH "
+                          "or `minari list local`") from None
+    metadatas = list(dataset.storage.get_episode_metadata(dataset.episode_indices))
+    for episode_data, minari_meta in zip(dataset.iterate_episodes(), metadatas, strict=True):
+        observations = episode_data.observations
+        if not isinstance(observations, dict):
+            observations = {"state": observations}
+        steps = len(episode_data.rewards)
+        actions = np.asarray(episode_data.actions, np.float32).reshape(steps, -1)
+        rewards = np.asarray(episode_data.rewards, np.float32)
+        if METADATA_KEY in minari_meta:
+            metadata = json.loads(str(minari_meta[METADATA_KEY]))
+        else:
+            seed = minari_meta.get("seed")
+            metadata = make_metadata(task=dataset_id, source="imported", original_format="minari",
+                                     imported_from=dataset_id, seed=None if seed is None else int(seed))
+        intervened = _step_info(episode_data.infos, "intervened", steps)
+        success = _step_info(episode_data.infos, "success", steps)
+        yield Episode(
+            observations={k: np.asarray(v) for k, v in observations.items()},
+            actions=actions,
+            rewards=rewards,
+            terminated=np.asarray(episode_data.terminations, bool),
+            truncated=np.asarray(episode_data.truncations, bool),
+            intervened=np.zeros(steps, bool) if intervened is None else intervened.astype(bool),
+            metadata=metadata,
+            info={"success": (rewards > 0) if success is None else success.astype(bool)},
+        )

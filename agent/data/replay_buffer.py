@@ -1,0 +1,452 @@
+"""A pure-numpy replay buffer that stores each observation once and computes Monte-Carlo returns.
+
+Slots hold observations; an episode of T transitions takes T+1 consecutive slots (modulo the
+capacity): slot s holds o_t together with the action, raw reward and flags of step t, and the
+next observation of that transition is slot s+1. The last slot of an episode holds only o_T.
+So every camera frame is stored once per step (uint8), about (T+1)/T frames per transition.
+
+Episodes enter the ring only when they are complete (`add_episode`, or `insert` step by step,
+which keeps the open episode aside until it ends), so:
+- only transitions of completed episodes are sampled, and never one whose next slot belongs to
+  another episode (`valid` marks the slots that start a usable transition);
+- the Monte-Carlo return G of every step is computed once, at completion, on the agent's shaped
+  reward r' = scale * r + bias with `agent.returns` (the same function the agent tests), and it
+  stays correct when the ring later overwrites the start of that episode: G_t depends only on
+  steps >= t, which were all present when it was computed; overwriting a slot invalidates the
+  transition stored there and the one just before it.
+
+With a frozen image backbone, `feature_fn(frames_uint8 (N, H, W, 3)) -> (N, ...)` (a vector or
+a pre-pooling feature map per frame, in whatever dtype it returns) fills a per-slot feature array
+for each camera when an episode enters the ring; batches then carry
+`<camera>_features` beside (or, with `frames=False`, instead of) the frames.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.data.episodes import Episode, EpisodeStore
+from agent.returns import mc_returns, shape_rewards, sparse_failure_return
+
+FEATURES_SUFFIX = "_features"
+FeatureFn = Callable[[np.ndarray], np.ndarray]
+ObservationSpec = dict[str, tuple[tuple[int, ...], np.dtype]]
+
+
+def _is_frame(shape: tuple[int, ...], dtype: np.dtype) -> bool:
+    return np.dtype(dtype) == np.uint8 and len(shape) == 3
+
+
+@dataclass
+class _OpenEpisode:
+    """Steps of an episode still in progress on one stream (kept outside the ring)."""
+
+    observations: list[dict[str, np.ndarray]] = field(default_factory=list)
+    actions: list[np.ndarray] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)
+    terminated: list[bool] = field(default_factory=list)
+    truncated: list[bool] = field(default_factory=list)
+    intervened: list[bool] = field(default_factory=list)
+    success: list[bool] = field(default_factory=list)
+
+
+class ReplayBuffer:
+    """Ring buffer of episodes; see the module docstring for the layout and guarantees."""
+
+    def __init__(
+        self,
+        observation_spec: Mapping[str, tuple[tuple[int, ...], Any]],
+        action_dim: int,
+        capacity: int,
+        *,
+        reward_scale: float = 1.0,
+        reward_bias: float = 0.0,
+        discount: float = 0.99,
+        sparse_reward: bool = True,
+        feature_fn: FeatureFn | None = None,
+        feature_keys: Iterable[str] | None = None,
+        feature_batch_size: int = 256,
+    ):
+        if capacity < 2:
+            raise ValueError("capacity must hold at least one transition (2 slots)")
+        self.observation_spec: ObservationSpec = {
+            k: (tuple(int(d) for d in shape), np.dtype(dtype)) for k, (shape, dtype) in observation_spec.items()
+        }
+        self.action_dim = int(action_dim)
+        self.capacity = int(capacity)
+        self.reward_scale = float(reward_scale)
+        self.reward_bias = float(reward_bias)
+        self.discount = float(discount)
+        self.sparse_reward = bool(sparse_reward)
+        self._failure_return = sparse_failure_return(reward_scale, reward_bias, discount)
+
+        c = self.capacity
+        self._obs = {k: np.zeros((c, *shape), dtype) for k, (shape, dtype) in self.observation_spec.items()}
+        self._actions = np.zeros((c, self.action_dim), np.float32)
+        self._raw_rewards = np.zeros(c, np.float32)
+        self._terminated = np.zeros(c, bool)
+        self._truncated = np.zeros(c, bool)
+        self._intervened = np.zeros(c, bool)
+        self._mc_returns = np.zeros(c, np.float32)
+        self._valid = np.zeros(c, bool)
+        self._episode_ids = np.full(c, -1, np.int64)
+        self._cursor = 0
+        self._slots_written = 0
+        self._episodes_added = 0
+        self._valid_index: np.ndarray | None = None
+        self._open: dict[Any, _OpenEpisode] = {}
+
+        frame_keys = [k for k, (s, d) in self.observation_spec.items() if _is_frame(s, d)]
+        self.feature_keys = tuple(feature_keys) if feature_keys is not None else tuple(frame_keys)
+        self.feature_batch_size = int(feature_batch_size)
+        self._feature_fn: FeatureFn | None = None
+        self._features: dict[str, np.ndarray] = {}
+        if feature_fn is not None:
+            self.set_feature_fn(feature_fn)
+
+    # ------------------------------------------------------------------ construction helpers
+
+    @classmethod
+    def from_spaces(cls, observation_space, action_space, capacity: int, **kwargs) -> ReplayBuffer:
+        """Build from a gymnasium Dict observation space and a Box action space."""
+        spec = {k: (space.shape, space.dtype) for k, space in observation_space.spaces.items()}
+        return cls(spec, int(np.prod(action_space.shape)), capacity, **kwargs)
+
+    @classmethod
+    def from_episodes(cls, episodes: Iterable[Episode], capacity: int, **kwargs) -> ReplayBuffer:
+        """Build from episodes (e.g. `EpisodeStore(path).episodes()`), shapes taken from the first."""
+        iterator = iter(episodes)
+        first = next(iterator, None)
+        if first is None:
+            raise ValueError("no episodes to build a replay buffer from")
+        spec = {k: (v.shape[1:], v.dtype) for k, v in first.observations.items()}
+        buffer = cls(spec, first.actions.shape[1], capacity, **kwargs)
+        buffer.add_episode_record(first)
+        for episode in iterator:
+            buffer.add_episode_record(episode)
+        return buffer
+
+    @classmethod
+    def from_store(cls, directory: str | os.PathLike, capacity: int, **kwargs) -> ReplayBuffer:
+        return cls.from_episodes(EpisodeStore(directory).episodes(), capacity, **kwargs)
+
+    # ------------------------------------------------------------------ sizes
+
+    @property
+    def size(self) -> int:
+        """Slots holding data (observations), at most `capacity`."""
+        return min(self._slots_written, self.capacity)
+
+    @property
+    def num_transitions(self) -> int:
+        """Transitions that can be sampled."""
+        return int(self._valid_indices().size)
+
+    def __len__(self) -> int:
+        return self.num_transitions
+
+    @property
+    def num_episodes_added(self) -> int:
+        return self._episodes_added
+
+    @property
+    def nbytes(self) -> int:
+        arrays = [*self._obs.values(), *self._features.values(), self._actions, self._raw_rewards,
+                  self._terminated, self._truncated, self._intervened, self._mc_returns,
+                  self._valid, self._episode_ids]
+        return int(sum(a.nbytes for a in arrays))
+
+    # ------------------------------------------------------------------ features
+
+    def set_feature_fn(self, feature_fn: FeatureFn | None) -> None:
+        """Attach (or detach with None) the frame encoder and (re)compute features of every slot."""
+        self._feature_fn = feature_fn
+        self._features = {}
+        if feature_fn is None:
+            return
+        for key in self.feature_keys:
+            if key not in self._obs:
+                raise KeyError(f"feature key '{key}' is not an observation key {sorted(self._obs)}")
+        if self.size:
+            self._encode_slots(np.arange(self.size))
+
+    @property
+    def has_features(self) -> bool:
+        return self._feature_fn is not None
+
+    def _encode_slots(self, slots: np.ndarray) -> None:
+        assert self._feature_fn is not None
+        for key in self.feature_keys:
+            for start in range(0, len(slots), self.feature_batch_size):
+                chunk = slots[start:start + self.feature_batch_size]
+                features = np.asarray(self._feature_fn(self._obs[key][chunk]))
+                if features.ndim < 2 or features.shape[0] != len(chunk):
+                    raise ValueError(f"feature_fn returned {features.shape} for {len(chunk)} frames; "
+                                     "expected (N, ...) with one entry per frame")
+                if key not in self._features:
+                    self._features[key] = np.zeros((self.capacity, *features.shape[1:]), features.dtype)
+                self._features[key][chunk] = features
+
+    # ------------------------------------------------------------------ adding data
+
+    def add_episode(
+        self,
+        observations: Mapping[str, np.ndarray],
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        terminated: np.ndarray,
+        truncated: np.ndarray,
+        intervened: np.ndarray | None = None,
+        success: np.ndarray | None = None,
+    ) -> None:
+        """Add one complete episode: observations (T+1, ...) per key, the rest (T, ...).
+
+        `success` (per step) decides whether a sparse episode succeeded; default: a raw reward > 0.
+        """
+        rewards = np.asarray(rewards, np.float32).reshape(-1)
+        steps = rewards.shape[0]
+        if steps == 0:
+            return
+        if steps + 1 > self.capacity:
+            raise ValueError(f"an episode of {steps} steps needs {steps + 1} slots; capacity is {self.capacity}")
+        terminated = np.asarray(terminated, bool).reshape(-1)
+        truncated = np.asarray(truncated, bool).reshape(-1)
+        intervened = np.zeros(steps, bool) if intervened is None else np.asarray(intervened, bool).reshape(-1)
+        actions = np.asarray(actions, np.float32).reshape(steps, -1)
+        if actions.shape[1] != self.action_dim:
+            raise ValueError(f"actions have dimension {actions.shape[1]}, the buffer {self.action_dim}")
+        if set(observations) != set(self._obs):
+            raise ValueError(f"observation keys {sorted(observations)} != buffer keys {sorted(self._obs)}")
+        for key, value in observations.items():
+            shape, _ = self.observation_spec[key]
+            if np.shape(value) != (steps + 1, *shape):
+                raise ValueError(f"observation '{key}' has shape {np.shape(value)}, expected {(steps + 1, *shape)}")
+
+        shaped = shape_rewards(rewards, self.reward_scale, self.reward_bias)
+        hit = rewards > 0 if success is None else np.asarray(success, bool).reshape(-1)
+        failed = self.sparse_reward and not bool(hit.any())
+        returns = mc_returns(shaped, terminated, self.discount, self._failure_return if failed else None)
+
+        slots = (self._cursor + np.arange(steps + 1)) % self.capacity
+        # The old transition just before the first overwritten slot loses its next observation.
+        self._valid[(self._cursor - 1) % self.capacity] = False
+        self._valid[slots] = False
+        for key, value in observations.items():
+            self._obs[key][slots] = value
+        step_slots = slots[:-1]
+        self._actions[step_slots] = actions
+        self._raw_rewards[step_slots] = rewards
+        self._terminated[step_slots] = terminated
+        self._truncated[step_slots] = truncated
+        self._intervened[step_slots] = intervened
+        self._mc_returns[step_slots] = returns
+        last = slots[-1]
+        self._actions[last] = 0.0
+        self._raw_rewards[last] = 0.0
+        self._terminated[last] = self._truncated[last] = self._intervened[last] = False
+        self._mc_returns[last] = 0.0
+        self._episode_ids[slots] = self._episodes_added
+        if self._feature_fn is not None:
+            self._encode_slots(slots)
+        self._valid[step_slots] = True
+        self._cursor = int((self._cursor + steps + 1) % self.capacity)
+        self._slots_written += steps + 1
+        self._episodes_added += 1
+        self._valid_index = None
+
+    def add_episode_record(self, episode: Episode) -> None:
+        """Add an `Episode` loaded from an episode store."""
+        self.add_episode(
+            episode.observations, episode.actions, episode.rewards, episode.terminated,
+            episode.truncated, episode.intervened, episode.info.get("success"),
+        )
+
+    def insert(
+        self,
+        observation: Mapping[str, np.ndarray],
+        action: np.ndarray,
+        reward: float,
+        next_observation: Mapping[str, np.ndarray],
+        terminated: bool,
+        truncated: bool,
+        intervened: bool = False,
+        success: bool | None = None,
+        *,
+        stream: Any = 0,
+    ) -> None:
+        """Add one transition of the episode in progress on `stream` (one stream per actor).
+
+        The episode enters the ring when a step is terminated or truncated. If `observation` is
+        not the previous step's next observation, the open episode is closed as truncated there.
+        """
+        open_episode = self._open.setdefault(stream, _OpenEpisode())
+        if open_episode.observations and not _same_observation(open_episode.observations[-1], observation):
+            open_episode.truncated[-1] = True
+            self._commit(stream)
+            open_episode = self._open.setdefault(stream, _OpenEpisode())
+        if not open_episode.observations:
+            open_episode.observations.append({k: np.array(v) for k, v in observation.items()})
+        open_episode.observations.append({k: np.array(v) for k, v in next_observation.items()})
+        open_episode.actions.append(np.asarray(action, np.float32))
+        open_episode.rewards.append(float(reward))
+        open_episode.terminated.append(bool(terminated))
+        open_episode.truncated.append(bool(truncated))
+        open_episode.intervened.append(bool(intervened))
+        open_episode.success.append(bool(reward > 0) if success is None else bool(success))
+        if terminated or truncated:
+            self._commit(stream)
+
+    def open_steps(self, stream: Any = 0) -> int:
+        """Steps of the episode in progress on `stream` (not yet sampleable)."""
+        open_episode = self._open.get(stream)
+        return len(open_episode.actions) if open_episode else 0
+
+    def _commit(self, stream: Any) -> None:
+        episode = self._open.pop(stream)
+        if not episode.actions:
+            return
+        self.add_episode(
+            {k: np.stack([o[k] for o in episode.observations]) for k in episode.observations[0]},
+            np.stack(episode.actions), np.array(episode.rewards, np.float32),
+            np.array(episode.terminated), np.array(episode.truncated),
+            np.array(episode.intervened), np.array(episode.success),
+        )
+
+    # ------------------------------------------------------------------ sampling
+
+    def _valid_indices(self) -> np.ndarray:
+        if self._valid_index is None:
+            self._valid_index = np.flatnonzero(self._valid)
+        return self._valid_index
+
+    def sample(self, batch_size: int, rng: np.random.Generator, *, frames: bool = True) -> dict[str, Any]:
+        """A uniform batch of valid transitions (dict of numpy arrays, see docs/data.md).
+
+        `rewards` are the shaped rewards r' the critic trains on (`raw_rewards` beside them) and
+        `masks` = 1 - terminated. With a feature encoder attached, observations also carry
+        `<camera>_features`; `frames=False` then leaves the uint8 frames out.
+        """
+        valid = self._valid_indices()
+        if valid.size == 0:
+            raise ValueError("the replay buffer holds no complete episode yet")
+        slots = valid[rng.integers(0, valid.size, size=batch_size)]
+        return self.batch(slots, frames=frames)
+
+    def batch(self, slots: np.ndarray, *, frames: bool = True) -> dict[str, Any]:
+        """The transitions starting at `slots` (which must be valid)."""
+        slots = np.asarray(slots, np.int64)
+        if not np.all(self._valid[slots]):
+            raise ValueError("batch() asked for slots that do not start a complete transition")
+        next_slots = (slots + 1) % self.capacity
+        raw = self._raw_rewards[slots]
+        terminated = self._terminated[slots]
+        truncated = self._truncated[slots]
+        return {
+            "observations": self._observations_at(slots, frames),
+            "next_observations": self._observations_at(next_slots, frames),
+            "actions": self._actions[slots],
+            "rewards": shape_rewards(raw, self.reward_scale, self.reward_bias),
+            "raw_rewards": raw,
+            "masks": (1.0 - terminated).astype(np.float32),
+            "dones": terminated | truncated,
+            "terminated": terminated,
+            "truncated": truncated,
+            "intervened": self._intervened[slots],
+            "mc_returns": self._mc_returns[slots],
+            "indices": slots,
+            "episode_ids": self._episode_ids[slots],
+        }
+
+    def _observations_at(self, slots: np.ndarray, frames: bool) -> dict[str, np.ndarray]:
+        out = {}
+        for key, array in self._obs.items():
+            if frames or key not in self._features:
+                out[key] = array[slots]
+        for key, array in self._features.items():
+            out[key + FEATURES_SUFFIX] = array[slots]
+        return out
+
+    def all_transitions(self) -> dict[str, Any]:
+        """Every valid transition in slot order (for offline passes and tests)."""
+        return self.batch(self._valid_indices())
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the ring (completed episodes; not open ones, nor features) atomically to `path`."""
+        path = Path(path)
+        used = self.size
+        arrays = {f"obs/{k}": v[:used] for k, v in self._obs.items()}
+        arrays.update(
+            actions=self._actions[:used], raw_rewards=self._raw_rewards[:used],
+            terminated=self._terminated[:used], truncated=self._truncated[:used],
+            intervened=self._intervened[:used], mc_returns=self._mc_returns[:used],
+            valid=self._valid[:used], episode_ids=self._episode_ids[:used],
+        )
+        header = {
+            "format": "franka_rl.replay_buffer", "version": 1,
+            "capacity": self.capacity, "action_dim": self.action_dim,
+            "cursor": self._cursor, "slots_written": self._slots_written,
+            "episodes_added": self._episodes_added,
+            "reward_scale": self.reward_scale, "reward_bias": self.reward_bias,
+            "discount": self.discount, "sparse_reward": self.sparse_reward,
+            "observation_spec": {k: [list(s), d.str] for k, (s, d) in self.observation_spec.items()},
+        }
+        arrays["header"] = np.array(json.dumps(header))
+        temp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+        with open(temp, "wb") as handle:
+            np.savez(handle, **arrays)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, feature_fn: FeatureFn | None = None,
+             feature_keys: Iterable[str] | None = None) -> ReplayBuffer:
+        """Load a buffer written by `save`; its reward shaping and discount come with it.
+
+        MC returns are stored, so a buffer saved under other scale/bias/discount keeps them:
+        rebuild it from the episode store to change them."""
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                header = json.loads(str(npz["header"][()]))
+                data = {name: npz[name] for name in npz.files if name != "header"}
+        except (OSError, ValueError, KeyError, EOFError) as exc:
+            raise ValueError(f"replay buffer file {path} cannot be read ({exc}); it may be truncated") from None
+        if header.get("format") != "franka_rl.replay_buffer":
+            raise ValueError(f"{path} is not a saved replay buffer")
+        spec = {k: (tuple(s), np.dtype(d)) for k, (s, d) in header["observation_spec"].items()}
+        buffer = cls(spec, header["action_dim"], header["capacity"],
+                     reward_scale=header["reward_scale"], reward_bias=header["reward_bias"],
+                     discount=header["discount"], sparse_reward=header["sparse_reward"],
+                     feature_keys=feature_keys)
+        used = data["actions"].shape[0]
+        for key in buffer._obs:
+            buffer._obs[key][:used] = data[f"obs/{key}"]
+        buffer._actions[:used] = data["actions"]
+        buffer._raw_rewards[:used] = data["raw_rewards"]
+        buffer._terminated[:used] = data["terminated"]
+        buffer._truncated[:used] = data["truncated"]
+        buffer._intervened[:used] = data["intervened"]
+        buffer._mc_returns[:used] = data["mc_returns"]
+        buffer._valid[:used] = data["valid"]
+        buffer._episode_ids[:used] = data["episode_ids"]
+        buffer._cursor = int(header["cursor"])
+        buffer._slots_written = int(header["slots_written"])
+        buffer._episodes_added = int(header["episodes_added"])
+        if feature_fn is not None:
+            buffer.set_feature_fn(feature_fn)
+        return buffer
+
+
+def _same_observation(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> bool:
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)

@@ -1,0 +1,189 @@
+"""`franka-rl dataset`: inspect recorded episodes; import SERL pickles; import/export Minari."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from franka_rl.cli import UserError, register_user_error
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from agent.data.episodes import CorruptEpisodeError
+
+    register_user_error(CorruptEpisodeError)
+    parser = subparsers.add_parser(
+        "dataset",
+        help="inspect an episode directory; import SERL pickles; import/export Minari datasets",
+        description="Tools for recorded episode directories (see docs/data.md for the format).",
+        epilog="example: franka-rl dataset info runs/demos   (franka-rl dataset ACTION --help for each action)",
+    )
+    sub = parser.add_subparsers(dest="dataset_command", metavar="ACTION")
+    sub.required = True
+
+    info = sub.add_parser(
+        "info",
+        help="episodes, transitions, success and intervention rates, sources, and a contact sheet",
+        description="Summarise an episode directory and write a contact-sheet PNG of sample frames.",
+        epilog="example: franka-rl dataset info runs/demos --sheet runs/demos_sheet.png",
+    )
+    info.add_argument("path", help="episode directory")
+    info.add_argument("--sheet", default=None,
+                      help="contact-sheet PNG to write (default: <path>/contact_sheet.png)")
+    info.add_argument("--no-sheet", action="store_true", help="do not write a contact sheet")
+    info.add_argument("--rows", type=int, default=8, help="sampled frames (rows) in the sheet")
+    info.set_defaults(handler=run_info)
+
+    serl = sub.add_parser(
+        "import-serl",
+        help="import SERL / HIL-SERL transition pickles (trusted files only)",
+        description=(
+            "Convert SERL / HIL-SERL transition pickles (lists of dicts with observations, actions, "
+            "next_observations, rewards, masks, dones) into episode files. A pickle can run any code "
+            "when loaded: import only files you recorded or trust, and say so with --trusted."
+        ),
+        epilog="example: franka-rl dataset import-serl peg_20_demos.pkl --out runs/serl_demos --trusted "
+               "--rename wrist1=wrist_1 --rename wrist2=wrist_2",
+    )
+    serl.add_argument("pickles", nargs="+", help="SERL transition pickle file(s), imported in this order")
+    serl.add_argument("--out", required=True, help="episode directory to write (appended to if it exists)")
+    serl.add_argument("--trusted", action="store_true",
+                      help="confirm the pickles come from a trusted source (required)")
+    serl.add_argument("--rename", action="append", default=[], metavar="OLD=NEW",
+                      help="rename an observation key, e.g. wrist1=wrist_1 (repeatable)")
+    serl.add_argument("--task", default="peg_insertion", help="task name stored in the metadata")
+    serl.set_defaults(handler=run_import_serl)
+
+    export = sub.add_parser(
+        "export-minari",
+        help="write an episode directory as a Minari dataset (lossless HDF5)",
+        description="Export episodes to a new local Minari dataset (frames stored losslessly).",
+        epilog="example: franka-rl dataset export-minari runs/demos franka/peg-insertion-demos-v0",
+    )
+    export.add_argument("path", help="episode directory")
+    export.add_argument("dataset_id", help="Minari dataset id, e.g. franka/peg-insertion-demos-v0")
+    export.add_argument("--minari-root", default=None,
+                        help="Minari datasets folder (default: $MINARI_DATASETS_PATH or ~/.minari/datasets)")
+    export.add_argument("--description", default="", help="dataset description")
+    export.add_argument("--author", default=None, help="dataset author")
+    export.set_defaults(handler=run_export_minari)
+
+    imp = sub.add_parser(
+        "import-minari",
+        help="convert a local Minari dataset into an episode directory",
+        description="Import a local Minari dataset (nothing is downloaded) into episode files.",
+        epilog="example: franka-rl dataset import-minari franka/peg-insertion-demos-v0 --out runs/imported",
+    )
+    imp.add_argument("dataset_id", help="Minari dataset id")
+    imp.add_argument("--out", required=True, help="episode directory to write (appended to if it exists)")
+    imp.add_argument("--minari-root", default=None, help="Minari datasets folder")
+    imp.set_defaults(handler=run_import_minari)
+
+
+def _store(path: str, create: bool = False):
+    from agent.data.episodes import EpisodeStore
+
+    try:
+        return EpisodeStore(path, create=create)
+    except FileNotFoundError:
+        raise UserError(f"{path} is not a directory of episodes (episode_*.npz)") from None
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from agent.data.summary import format_summary, sample_frames, summarize
+
+    store = _store(args.path)
+    if not store.paths():
+        raise UserError(f"{args.path} holds no episode files (episode_*.npz)")
+    summary = summarize(store)
+    print(format_summary(summary))
+    if not args.no_sheet:
+        tiles, labels = sample_frames(store, rows=args.rows)
+        if tiles:
+            from robot_env.media import contact_sheet, save_png
+
+            sheet = Path(args.sheet) if args.sheet else Path(args.path) / "contact_sheet.png"
+            save_png(sheet, contact_sheet(tiles, labels))
+            print(f"contact sheet      {sheet}")
+        else:
+            print("contact sheet      - (no camera frames in this dataset)")
+    return 0
+
+
+def _renames(pairs: list[str]) -> dict[str, str]:
+    renames = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise UserError(f"--rename '{pair}' is not of the form OLD=NEW")
+        old, new = pair.split("=", 1)
+        renames[old] = new
+    return renames
+
+
+def run_import_serl(args: argparse.Namespace) -> int:
+    from agent.data.serl import (
+        PICKLE_WARNING,
+        SerlImportError,
+        load_serl_pickle,
+        serl_transitions_to_episodes,
+    )
+
+    if not args.trusted:
+        raise UserError(PICKLE_WARNING + ". If these files are yours, run again with --trusted")
+    renames = _renames(args.rename)
+    store = _store(args.out, create=True)
+    total = 0
+    for path in args.pickles:
+        if not Path(path).is_file():
+            raise UserError(f"{path} not found")
+        try:
+            transitions = load_serl_pickle(path, trusted=True)
+            episodes = serl_transitions_to_episodes(transitions, rename=renames, task=args.task,
+                                                    origin=Path(path).name)
+        except SerlImportError as exc:
+            raise UserError(str(exc)) from None
+        for episode in episodes:
+            store.write(episode)
+        total += len(episodes)
+        print(f"{path}: {len(transitions)} transitions -> {len(episodes)} episodes")
+    print(f"wrote {total} episodes to {args.out}")
+    return 0
+
+
+def _minari_root(root: str | None) -> None:
+    if root:
+        Path(root).mkdir(parents=True, exist_ok=True)
+        os.environ["MINARI_DATASETS_PATH"] = str(Path(root).resolve())
+
+
+def run_export_minari(args: argparse.Namespace) -> int:
+    from agent.data.minari_io import MinariError, export_minari
+
+    store = _store(args.path)
+    if not store.paths():
+        raise UserError(f"{args.path} holds no episode files (episode_*.npz)")
+    _minari_root(args.minari_root)
+    try:
+        dataset = export_minari(store.episodes(), args.dataset_id, description=args.description, author=args.author)
+    except MinariError as exc:
+        raise UserError(str(exc)) from None
+    print(f"wrote Minari dataset {args.dataset_id}: {dataset.total_episodes} episodes, "
+          f"{dataset.total_steps} steps, at {dataset.storage.data_path}")
+    return 0
+
+
+def run_import_minari(args: argparse.Namespace) -> int:
+    from agent.data.minari_io import MinariError, import_minari
+
+    _minari_root(args.minari_root)
+    store = _store(args.out, create=True)
+    count = 0
+    try:
+        for episode in import_minari(args.dataset_id):
+            store.write(episode)
+            count += 1
+    except MinariError as exc:
+        raise UserError(str(exc)) from None
+    print(f"wrote {count} episodes to {args.out}")
+    return 0

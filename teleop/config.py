@@ -1,0 +1,59 @@
+"""Configuration of teleoperation devices and of the recording commands."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TeleopConfig:
+    # "spacemouse", "keyboard", "scripted" (the twin's expert; sim only) or "none".
+    device: str = "scripted"
+    # Steps the intervention keeps control after the device goes quiet (the arm holds still),
+    # so the policy does not snatch the arm back the instant the operator lets go.
+    hold_over_steps: int = 3
+    # Device deflections below this fraction of full scale count as zero.
+    dead_zone: float = 0.05
+    # Multiplies device twists (after mapping) before they become actions in [-1, 1].
+    translation_gain: float = 1.0
+    rotation_gain: float = 1.0
+    # Device frame -> action frame: action axis i = axis_signs[i] * device axis axis_map[i].
+    # The device frame is x right, y forward, z up, then rotations about those axes, as seen by
+    # an operator behind the robot facing along the base +x axis. Empty lists derive the mapping
+    # from env.action_frame for that operator position (docs/teleop.md).
+    axis_map: list[int] = field(default_factory=list)
+    axis_signs: list[float] = field(default_factory=list)
+    # SpaceMouse: HID path (empty: the first 3Dconnexion device found) and full-scale count.
+    spacemouse_path: str = ""
+    spacemouse_full_scale: float = 350.0
+    # Role of each SpaceMouse button, in order: gripper_close, gripper_open, success, failure, none.
+    spacemouse_buttons: list[str] = field(default_factory=lambda: ["gripper_close", "gripper_open"])
+    # Keyboard: "auto" (pynput with an X display, else the terminal), "pynput" or "terminal".
+    keyboard_backend: str = "auto"
+    # Deflection of a held key (fraction of full scale).
+    keyboard_speed: float = 0.5
+    # Terminal input has no key-release events: a key press counts as held for this long
+    # (longer than the terminal's auto-repeat delay, so a held key moves smoothly).
+    terminal_key_hold_s: float = 0.55
+    # Scripted device: Gaussian action noise of the twin's expert (std, in action units).
+    scripted_noise: float = 0.1
+
+
+@dataclass
+class RecordConfig:
+    # Where record-demos writes episodes (empty: <output_dir>/demos).
+    demos_dir: str = ""
+    # Stop after this many successful episodes; failures are kept too, labelled as such.
+    num_successes: int = 20
+    # Give up after this many episodes in all (0: no limit).
+    max_episodes: int = 200
+    # Where record-rewards writes labelled frames (empty: <output_dir>/reward_frames).
+    rewards_dir: str = ""
+    # record-rewards stops when it holds at least this many frames of each label.
+    reward_positives: int = 200
+    reward_negatives: int = 500
+    # record-rewards in the twin: steps kept after the task succeeds (the peg stays in the hole,
+    # jittered by the expert's noise), which is where the positive frames come from.
+    reward_steps_after_success: int = 25
+    # Print the live status line at most this often (s).
+    status_interval_s: float = 0.25

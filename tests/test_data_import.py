@@ -1,0 +1,147 @@
+"""Importers/exporters: SERL / HIL-SERL transition pickles and a lossless Minari round trip."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from agent.data import EpisodeStore
+from agent.data.minari_io import MinariError, export_minari, import_minari
+from agent.data.serl import SerlImportError, load_serl_pickle, serl_transitions_to_episodes
+from agent.data.synthetic import synthetic_episode
+from franka_rl.cli import main
+
+
+@pytest.fixture
+def minari_root(tmp_path, monkeypatch):
+    root = tmp_path / "minari"
+    root.mkdir()
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
+    return root
+
+
+def test_minari_round_trip_preserves_every_array(minari_root):
+    rng = np.random.default_rng(0)
+    episodes = [synthetic_episode(rng, n, image_size=12, episode_index=i, success=i % 2 == 0)
+                for i, n in enumerate([4, 1, 9])]
+    dataset = export_minari(episodes, "franka/roundtrip-v0")
+    assert dataset.total_episodes == 3 and dataset.total_steps == 14
+    assert any(minari_root.rglob("*.hdf5"))  # written under the temporary root only
+    back = list(import_minari("franka/roundtrip-v0"))
+    assert len(back) == 3
+    for a, b in zip(episodes, back, strict=True):
+        assert a.observations.keys() == b.observations.keys()
+        for key in a.observations:
+            assert b.observations[key].dtype == a.observations[key].dtype
+            np.testing.assert_array_equal(a.observations[key], b.observations[key])
+        for name in ("actions", "rewards", "terminated", "truncated", "intervened"):
+            got, want = getattr(b, name), getattr(a, name)
+            assert got.dtype == want.dtype and got.shape == want.shape, name
+            np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(a.info["success"], b.info["success"])
+        assert b.metadata == a.metadata
+
+
+def test_minari_errors_are_clear(minari_root):
+    with pytest.raises(MinariError, match="no local Minari dataset"):
+        list(import_minari("franka/absent-v0"))
+    export_minari([synthetic_episode(np.random.default_rng(0), 2)], "franka/twice-v0")
+    with pytest.raises(MinariError, match="twice-v0"):
+        export_minari([synthetic_episode(np.random.default_rng(0), 2)], "franka/twice-v0")
+
+
+def test_minari_cli_round_trip(tmp_path, minari_root, capsys):
+    rng = np.random.default_rng(1)
+    store = EpisodeStore(tmp_path / "eps", create=True)
+    originals = [synthetic_episode(rng, 3, image_size=8, episode_index=i) for i in range(2)]
+    for episode in originals:
+        store.write(episode)
+    assert main(["dataset", "export-minari", str(tmp_path / "eps"), "franka/cli-v0",
+                 "--minari-root", str(minari_root)]) == 0
+    assert main(["dataset", "import-minari", "franka/cli-v0", "--out", str(tmp_path / "back")]) == 0
+    back = list(EpisodeStore(tmp_path / "back").episodes())
+    np.testing.assert_array_equal(back[1].observations["wrist_2"], originals[1].observations["wrist_2"])
+
+
+def serl_transitions(rng, lengths, history_axis=True):
+    """Transitions as SERL's recording scripts pickle them (history axis of 1 on observations)."""
+    transitions = []
+    for e, length in enumerate(lengths):
+        states = rng.standard_normal((length + 1, 5)).astype(np.float32)
+        states[:, 0] = e
+        frames = rng.integers(0, 256, (length + 1, 6, 6, 3), dtype=np.uint8)
+
+        def obs(t, states=states, frames=frames):
+            o = {"state": states[t], "wrist1": frames[t]}
+            return {k: v[None] for k, v in o.items()} if history_axis else o
+
+        for t in range(length):
+            last = t == length - 1
+            success = last and e % 2 == 0
+            transitions.append({
+                "observations": obs(t), "actions": rng.uniform(-1, 1, 7).astype(np.float32),
+                "next_observations": obs(t + 1), "rewards": float(success),
+                "masks": 0.0 if success else 1.0, "dones": last,
+                "infos": {"intervene_action": np.zeros(7)} if t == 0 else {},
+            })
+    return transitions
+
+
+def test_serl_transitions_become_episodes():
+    rng = np.random.default_rng(0)
+    transitions = serl_transitions(rng, [3, 4, 2])
+    episodes = serl_transitions_to_episodes(transitions, rename={"wrist1": "wrist_1"}, origin="demo.pkl")
+    assert [len(e) for e in episodes] == [3, 4, 2]
+    first, second = episodes[0], episodes[1]
+    assert set(first.observations) == {"state", "wrist_1"}
+    assert first.observations["wrist_1"].shape == (4, 6, 6, 3)  # history axis removed, T+1 frames
+    np.testing.assert_array_equal(first.observations["wrist_1"][1], transitions[1]["observations"]["wrist1"][0])
+    np.testing.assert_array_equal(first.observations["wrist_1"][3], transitions[2]["next_observations"]["wrist1"][0])
+    assert first.terminated.tolist() == [False, False, True] and first.success
+    assert second.truncated.tolist() == [False, False, False, True] and not second.success
+    assert first.intervened.tolist() == [True, False, False]
+    assert first.metadata["source"] == "imported" and first.metadata["imported_from"] == "demo.pkl"
+
+
+def test_serl_discontinuity_splits_episodes():
+    rng = np.random.default_rng(0)
+    transitions = serl_transitions(rng, [3, 3], history_axis=False)
+    # An episode boundary without any flag (a log cut short): found by the observation gap.
+    transitions[2].update(dones=False, masks=1.0, rewards=0.0)
+    episodes = serl_transitions_to_episodes(transitions)
+    assert [len(e) for e in episodes] == [3, 3] and episodes[0].truncated[-1]
+
+
+def test_serl_pickle_needs_trust(tmp_path, capsys):
+    path = tmp_path / "demos.pkl"
+    with open(path, "wb") as handle:
+        pickle.dump(serl_transitions(np.random.default_rng(0), [2, 3]), handle)
+    with pytest.raises(PermissionError, match="runs any code"):
+        load_serl_pickle(path, trusted=False)
+    assert main(["dataset", "import-serl", str(path), "--out", str(tmp_path / "eps")]) == 2
+    assert "--trusted" in capsys.readouterr().err and not (tmp_path / "eps").exists()
+    assert main(["dataset", "import-serl", str(path), "--out", str(tmp_path / "eps"), "--trusted",
+                 "--rename", "wrist1=wrist_1"]) == 0
+    episodes = list(EpisodeStore(tmp_path / "eps").episodes())
+    assert [len(e) for e in episodes] == [2, 3] and "wrist_1" in episodes[0].observations
+    bad = tmp_path / "bad.pkl"
+    bad.write_bytes(pickle.dumps({"not": "transitions"}))
+    with pytest.raises(SerlImportError, match="list of transition dicts"):
+        load_serl_pickle(bad, trusted=True)
+
+
+def test_dataset_info_names_corrupt_files(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    store = EpisodeStore(tmp_path / "eps", create=True)
+    for i in range(3):
+        store.write(synthetic_episode(rng, 5, image_size=16, episode_index=i, success=i == 0))
+    (tmp_path / "eps" / "episode_000001.npz").write_bytes(b"garbage")
+    assert main(["dataset", "info", str(tmp_path / "eps"), "--sheet", str(tmp_path / "sheet.png")]) == 0
+    out, err = capsys.readouterr()
+    assert "episode_000001.npz" in err and "SKIPPED (corrupt)" in out and "episode_000001.npz" in out
+    assert "episodes           2" in out and "transitions        10" in out
+    assert "successes          1 (50.0 %)" in out
+    assert (tmp_path / "sheet.png").stat().st_size > 0
+    assert main(["dataset", "info", str(tmp_path / "nowhere")]) == 2
