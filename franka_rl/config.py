@@ -16,9 +16,11 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from agent.config import AgentConfig
 from robot_env.config import EnvConfig, TaskConfig
 from robot_env.real_config import RealConfig
 from sim.config import SimConfig
+from teleop.config import RecordConfig, TeleopConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
@@ -36,6 +38,9 @@ class Config:
     env: EnvConfig = field(default_factory=EnvConfig)
     sim: SimConfig = field(default_factory=SimConfig)
     real: RealConfig = field(default_factory=RealConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    teleop: TeleopConfig = field(default_factory=TeleopConfig)
+    record: RecordConfig = field(default_factory=RecordConfig)
 
 
 class ConfigError(ValueError):
@@ -86,10 +91,12 @@ def to_yaml(cfg: Config) -> str:
 def config_hash(cfg: Config) -> str:
     """Short stable hash of everything that defines the task and the data it produces.
 
-    Output locations and the seed are left out: two runs of the same setup share a hash.
+    Output locations, the seed, and how data is collected (teleop device, recording targets) are
+    left out: two runs of the same setup share a hash, and so do demos recorded with a SpaceMouse
+    and with the keyboard.
     """
     tree = OmegaConf.to_container(OmegaConf.structured(cfg))
-    for volatile in ("output_dir", "seed"):
+    for volatile in ("output_dir", "seed", "teleop", "record"):
         tree.pop(volatile, None)
     text = OmegaConf.to_yaml(OmegaConf.create(tree))
     return hashlib.sha256(text.encode()).hexdigest()[:12]

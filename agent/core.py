@@ -1,0 +1,377 @@
+"""The agent as an immutable pytree, its construction, observation encoding and acting.
+
+`Agent` holds arrays only as pytree leaves (parameters, optimizer moments, target critics,
+temperature, RNG); the networks and the update's hyperparameters are static fields, so a jitted
+function that takes an `Agent` recompiles only when the architecture or a setting changes.
+
+Observations are dicts: `state` (float vector) and uint8 (H, W, 3) images under the configured
+image keys. An image entry may instead hold cached backbone features (float, (h, w, 512)) when
+the backbone is frozen: see `encode_frames` and docs/agent.md, "Feature cache".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+from flax.training.train_state import TrainState
+
+from agent.config import AgentConfig, AgentConfigError, validate_agent_config
+from agent.networks import QEnsemble, TanhGaussianPolicy, Trunk, tanh_gaussian_sample
+from agent.vision import ObservationEncoder, ResNetBackbone, make_backbone
+
+Params = Any
+
+
+@dataclass(frozen=True)
+class UpdateSpec:
+    """Everything the jitted functions need besides arrays (hashable, static under jit)."""
+
+    action_dim: int
+    image_keys: tuple[str, ...]
+    state_key: str | None
+    reward_scale: float
+    reward_bias: float
+    discount: float
+    tau: float
+    num_critics: int
+    critic_subsample: int
+    backup_entropy: bool
+    actor_q_aggregation: str
+    max_target_backup: bool
+    max_target_num_actions: int
+    target_entropy: float
+    utd: int
+    freeze_backbone: bool
+    augment: bool
+    augment_pad: int
+    cql_enabled: bool
+    calql_bound: bool
+    cql_alpha: float
+    cql_n_actions: int
+    cql_temperature: float
+    cql_importance_sampling: bool
+    cql_penalty_members: int
+    cql_lagrange: bool
+    cql_target_action_gap: float
+
+    @classmethod
+    def from_config(cls, cfg: AgentConfig, action_dim: int, image_keys: tuple[str, ...],
+                    state_key: str | None) -> UpdateSpec:
+        sac, cql = cfg.sac, cfg.cql
+        return cls(
+            action_dim=action_dim,
+            image_keys=image_keys,
+            state_key=state_key,
+            reward_scale=float(cfg.reward.scale),
+            reward_bias=float(cfg.reward.bias),
+            discount=float(sac.discount),
+            tau=float(sac.tau),
+            num_critics=int(cfg.network.num_critics),
+            critic_subsample=int(sac.critic_subsample),
+            backup_entropy=bool(sac.backup_entropy),
+            actor_q_aggregation=sac.actor_q_aggregation,
+            max_target_backup=bool(sac.max_target_backup),
+            max_target_num_actions=int(sac.max_target_num_actions),
+            target_entropy=-float(sac.target_entropy_scale) * action_dim,
+            utd=int(sac.utd),
+            freeze_backbone=bool(cfg.encoder.freeze_backbone),
+            augment=bool(cfg.encoder.augment),
+            augment_pad=int(cfg.encoder.augment_pad),
+            cql_enabled=bool(cql.enabled),
+            calql_bound=bool(cql.calql_bound),
+            cql_alpha=float(cql.alpha),
+            cql_n_actions=int(cql.n_actions),
+            cql_temperature=float(cql.temperature),
+            cql_importance_sampling=bool(cql.importance_sampling),
+            cql_penalty_members=int(cql.penalty_members),
+            cql_lagrange=bool(cql.lagrange),
+            cql_target_action_gap=float(cql.target_action_gap),
+        )
+
+
+@dataclass(frozen=True)
+class Networks:
+    encoder: ObservationEncoder
+    critic: QEnsemble
+    target_subset: QEnsemble  # same member architecture, `critic_subsample` members
+    actor: TanhGaussianPolicy
+    backbone: ResNetBackbone | None
+
+
+@struct.dataclass
+class Agent:
+    actor: TrainState
+    # params: {"encoder": heads, "q": ensemble} plus "backbone" when the backbone trains.
+    critic: TrainState
+    target_critic_params: Params
+    temperature: TrainState  # params: {"log_temperature": ()}
+    lagrange: TrainState  # params: {"log_alpha": ()}; used only by the CQL Lagrange variant
+    frozen_backbone: Params  # backbone params when frozen, else {}
+    rng: jax.Array
+    nets: Networks = struct.field(pytree_node=False)
+    spec: UpdateSpec = struct.field(pytree_node=False)
+
+    @property
+    def step(self) -> jax.Array:
+        return self.critic.step
+
+
+@functools.lru_cache(maxsize=64)
+def adam(learning_rate: float) -> optax.GradientTransformation:
+    """One optimizer object per learning rate: agents built alike share jit caches."""
+    return optax.adam(learning_rate)
+
+
+def _trunk(cfg: AgentConfig, arch: str, hidden: list[int]) -> Trunk:
+    net = cfg.network
+    return Trunk(arch, tuple(hidden), net.residual_width, net.residual_block_width, net.residual_blocks,
+                 net.activation, net.layer_norm)
+
+
+def build_networks(cfg: AgentConfig, action_dim: int, image_keys: tuple[str, ...]) -> Networks:
+    net, enc = cfg.network, cfg.encoder
+    critic_trunk = _trunk(cfg, net.critic_arch, net.critic_hidden_dims)
+    return Networks(
+        encoder=ObservationEncoder(image_keys, enc.spatial_features, enc.image_dropout, enc.image_head_dim,
+                                   enc.proprio_dim),
+        critic=QEnsemble(critic_trunk, net.num_critics),
+        target_subset=QEnsemble(critic_trunk, cfg.sac.critic_subsample),
+        actor=TanhGaussianPolicy(_trunk(cfg, net.actor_arch, net.actor_hidden_dims), action_dim,
+                                 net.std_min, net.std_max),
+        backbone=make_backbone(enc.backbone) if image_keys else None,
+    )
+
+
+def observation_keys(cfg: AgentConfig, example_observation: dict) -> tuple[tuple[str, ...], str | None]:
+    """(image keys, state key or None) that the agent reads from observations like this one."""
+    enc = cfg.encoder
+    if not isinstance(example_observation, dict):
+        raise AgentConfigError("observations must be dicts (wrap a vector observation as {'state': obs})")
+    image_keys = tuple(k for k in enc.image_keys if k in example_observation)
+    state_key = enc.state_key if enc.state_key in example_observation else None
+    unknown = sorted(set(example_observation) - set(image_keys) - {enc.state_key})
+    if unknown:
+        raise AgentConfigError(
+            f"observation keys {unknown} are not used by the agent: add image keys to agent.encoder.image_keys "
+            f"or set agent.encoder.state_key (now '{enc.state_key}')"
+        )
+    if not image_keys and state_key is None:
+        raise AgentConfigError("the observation has neither the state key nor any configured image key")
+    for key in image_keys:
+        shape = np.shape(example_observation[key])
+        if len(shape) != 3 or shape[-1] != 3:
+            raise AgentConfigError(f"observation '{key}' must be an (H, W, 3) image, got shape {shape}")
+    return image_keys, state_key
+
+
+def create_agent(
+    cfg: AgentConfig,
+    example_observation: dict,
+    action_dim: int,
+    seed: int = 0,
+    backbone_params: Params | None = None,
+) -> Agent:
+    """A freshly initialised agent for single observations like `example_observation` (no batch axis).
+
+    Backbone weights come from `backbone_params` if given, else from
+    `cfg.encoder.pretrained_path` if set, else a random initialisation.
+    """
+    validate_agent_config(cfg)
+    image_keys, state_key = observation_keys(cfg, example_observation)
+    nets = build_networks(cfg, action_dim, image_keys)
+    spec = UpdateSpec.from_config(cfg, action_dim, image_keys, state_key)
+    rng = jax.random.PRNGKey(seed)
+    rng, k_backbone, k_encoder, k_critic, k_actor = jax.random.split(rng, 5)
+
+    obs = {k: jnp.asarray(v)[None] for k, v in example_observation.items()}
+    maps: dict[str, jax.Array] = {}
+    if image_keys:
+        if backbone_params is None and cfg.encoder.pretrained_path:
+            from agent.pretrained import load_backbone_params
+
+            backbone_params = load_backbone_params(cfg.encoder.pretrained_path, cfg.encoder.backbone)
+        if backbone_params is None:
+            backbone_params = nets.backbone.init(k_backbone, obs[image_keys[0]].astype(jnp.uint8))["params"]
+        for key in image_keys:
+            shape = jax.eval_shape(lambda p, x: nets.backbone.apply({"params": p}, x), backbone_params,
+                                   obs[key].astype(jnp.uint8))
+            maps[key] = jnp.zeros(shape.shape, jnp.float32)
+    state = obs[state_key].astype(jnp.float32) if state_key else None
+    encoder_params = nets.encoder.init(k_encoder, maps, state, False).get("params", {})
+    features = nets.encoder.apply({"params": encoder_params}, maps, state, False)
+    actions = jnp.zeros((1, action_dim), jnp.float32)
+    q_params = nets.critic.init(k_critic, features, actions)["params"]
+    actor_params = nets.actor.init(k_actor, features)["params"]
+
+    critic_params = {"encoder": encoder_params, "q": q_params}
+    frozen: Params = {}
+    if image_keys:
+        if cfg.encoder.freeze_backbone:
+            frozen = backbone_params
+        else:
+            critic_params["backbone"] = backbone_params
+
+    sac = cfg.sac
+    return Agent(
+        actor=TrainState.create(apply_fn=None, params=actor_params, tx=adam(float(sac.actor_lr))),
+        critic=TrainState.create(apply_fn=None, params=critic_params, tx=adam(float(sac.critic_lr))),
+        target_critic_params=jax.tree.map(jnp.array, critic_params),
+        temperature=TrainState.create(
+            apply_fn=None,
+            params={"log_temperature": jnp.asarray(np.log(sac.init_temperature), jnp.float32)},
+            tx=adam(float(sac.temperature_lr)),
+        ),
+        lagrange=TrainState.create(
+            apply_fn=None,
+            params={"log_alpha": jnp.asarray(np.log(cfg.cql.init_lagrange_alpha), jnp.float32)},
+            tx=adam(float(cfg.cql.alpha_lr)),
+        ),
+        frozen_backbone=frozen,
+        rng=rng,
+        nets=nets,
+        spec=spec,
+    )
+
+
+def replace_spec(agent: Agent, **changes) -> Agent:
+    """The same state with some static settings changed (e.g. the CQL term switched off)."""
+    return agent.replace(spec=dataclasses.replace(agent.spec, **changes))
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding
+
+
+def backbone_params_of(agent: Agent, critic_params: Params) -> Params:
+    return critic_params["backbone"] if "backbone" in critic_params else agent.frozen_backbone
+
+
+def feature_maps(agent: Agent, backbone_params: Params, observations: dict) -> dict[str, jax.Array]:
+    """Backbone feature maps per camera: uint8 images are encoded, float entries are cached features."""
+    maps = {}
+    for key in agent.spec.image_keys:
+        x = observations[key]
+        if x.dtype == jnp.uint8:
+            fm = agent.nets.backbone.apply({"params": backbone_params}, x)
+            maps[key] = jax.lax.stop_gradient(fm) if agent.spec.freeze_backbone else fm
+        else:
+            if not agent.spec.freeze_backbone:
+                raise AgentConfigError(
+                    f"observation '{key}' holds cached features, but the backbone is trainable "
+                    "(agent.encoder.freeze_backbone=false): give raw uint8 images"
+                )
+            maps[key] = x.astype(jnp.float32)
+    return maps
+
+
+def encode(
+    agent: Agent,
+    critic_params: Params,
+    observations: dict,
+    *,
+    train: bool = False,
+    rng: jax.Array | None = None,
+    maps: dict[str, jax.Array] | None = None,
+) -> jax.Array:
+    """Observation features from the critic's encoder (heads + proprio); `maps` skips the backbone."""
+    if maps is None:
+        maps = feature_maps(agent, backbone_params_of(agent, critic_params), observations)
+    spec = agent.spec
+    state = observations[spec.state_key].astype(jnp.float32) if spec.state_key else None
+    rngs = {"dropout": rng} if train else {}
+    return agent.nets.encoder.apply({"params": critic_params["encoder"]}, maps, state, train, rngs=rngs)
+
+
+@partial(jax.jit, static_argnames=("backbone",))
+def encode_frames(params: Params, frames_uint8: jax.Array, backbone: str = "resnet10") -> jax.Array:
+    """Backbone features of uint8 frames (..., H, W, 3) -> float32 (..., h, w, 512).
+
+    This is what the replay buffer stores per frame for the frozen-backbone feature cache.
+    """
+    return make_backbone(backbone).apply({"params": params}, frames_uint8)
+
+
+@jax.jit
+def _encode_with(agent: Agent, frames_uint8: jax.Array) -> jax.Array:
+    return agent.nets.backbone.apply({"params": agent.frozen_backbone}, frames_uint8)
+
+
+def agent_encode_frames(agent: Agent, frames_uint8: np.ndarray | jax.Array) -> jax.Array:
+    """The agent's own frozen backbone applied to frames (..., H, W, 3) -> (..., h, w, 512)."""
+    if agent.nets.backbone is None:
+        raise AgentConfigError("this agent has no image keys, so there is no backbone to encode frames")
+    if not agent.spec.freeze_backbone:
+        raise AgentConfigError("features can only be cached for a frozen backbone (agent.encoder.freeze_backbone)")
+    return _encode_with(agent, jnp.asarray(frames_uint8, jnp.uint8))
+
+
+def uses_feature_cache(agent: Agent) -> bool:
+    """True when a buffer may store per-frame backbone features instead of raw images."""
+    return bool(agent.spec.image_keys) and agent.spec.freeze_backbone and not agent.spec.augment
+
+
+# ---------------------------------------------------------------------------------------------
+# Acting
+
+
+def policy(agent: Agent, actor_params: Params, features: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return agent.nets.actor.apply({"params": actor_params}, features)
+
+
+@jax.jit
+def sample_actions(agent: Agent, observations: dict, key: jax.Array) -> jax.Array:
+    """Stochastic actions for a batch of observations."""
+    features = encode(agent, agent.critic.params, observations)
+    mean, log_std = policy(agent, agent.actor.params, features)
+    actions, _ = tanh_gaussian_sample(key, mean, log_std)
+    return actions
+
+
+@jax.jit
+def eval_actions(agent: Agent, observations: dict) -> jax.Array:
+    """Deterministic actions tanh(mean) for a batch of observations."""
+    features = encode(agent, agent.critic.params, observations)
+    mean, _ = policy(agent, agent.actor.params, features)
+    return jnp.tanh(mean)
+
+
+def act(agent: Agent, observation: dict, key: jax.Array | None = None, deterministic: bool = False) -> np.ndarray:
+    """One action for one (unbatched) observation, as a NumPy array."""
+    obs = {k: np.asarray(v)[None] for k, v in observation.items()}
+    if deterministic or key is None:
+        return np.asarray(eval_actions(agent, obs)[0])
+    return np.asarray(sample_actions(agent, obs, key)[0])
+
+
+def temperature_value(agent: Agent) -> jax.Array:
+    return jnp.exp(agent.temperature.params["log_temperature"])
+
+
+def count_params(tree: Params) -> int:
+    return int(sum(np.size(x) for x in jax.tree.leaves(tree)))
+
+
+__all__ = [
+    "Agent",
+    "Networks",
+    "UpdateSpec",
+    "act",
+    "agent_encode_frames",
+    "create_agent",
+    "encode",
+    "encode_frames",
+    "eval_actions",
+    "feature_maps",
+    "replace_spec",
+    "sample_actions",
+    "uses_feature_cache",
+]

@@ -1,0 +1,110 @@
+"""Image encoders: the frozen-backbone feature cache equals re-encoding; augmentation; shapes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from agent.config import AgentConfig, AgentConfigError
+from agent.core import agent_encode_frames, create_agent, encode_frames, uses_feature_cache
+from agent.sac import critic_loss_and_grads
+from agent.vision import make_backbone, random_shift
+
+B, H = 4, 32
+
+
+def _cfg(**encoder):
+    cfg = AgentConfig()
+    cfg.network.critic_hidden_dims = [32, 32]
+    cfg.network.actor_hidden_dims = [32, 32]
+    cfg.network.num_critics = 2
+    cfg.encoder.image_head_dim = 32
+    cfg.encoder.proprio_dim = 16
+    cfg.cql.enabled = True
+    cfg.cql.n_actions = 2
+    for key, value in encoder.items():
+        setattr(cfg.encoder, key, value)
+    return cfg
+
+
+def _example():
+    return {"state": np.zeros(5, np.float32), "wrist_1": np.zeros((H, H, 3), np.uint8),
+            "wrist_2": np.zeros((H, H, 3), np.uint8)}
+
+
+def _batch(rng):
+    def obs():
+        return {"state": rng.normal(size=(B, 5)).astype(np.float32),
+                "wrist_1": rng.integers(0, 256, (B, H, H, 3), dtype=np.uint8),
+                "wrist_2": rng.integers(0, 256, (B, H, H, 3), dtype=np.uint8)}
+    return {"observations": obs(), "next_observations": obs(),
+            "actions": rng.uniform(-1, 1, (B, 3)).astype(np.float32), "rewards": np.zeros(B, np.float32),
+            "masks": np.ones(B, np.float32), "mc_returns": rng.normal(size=B).astype(np.float32)}
+
+
+def test_feature_cache_gives_the_same_loss_and_gradients():
+    agent = create_agent(_cfg(), _example(), 3)
+    assert uses_feature_cache(agent)
+    batch = _batch(np.random.default_rng(0))
+    cached = dict(batch)
+    for field in ("observations", "next_observations"):
+        obs = dict(batch[field])
+        for cam in ("wrist_1", "wrist_2"):
+            # What the buffer stores per frame: the public jitted encoder on the agent's frozen params.
+            obs[cam] = np.asarray(encode_frames(agent.frozen_backbone, obs[cam], backbone="resnet10"))
+            np.testing.assert_allclose(obs[cam], agent_encode_frames(agent, batch[field][cam]), rtol=1e-6)
+        cached[field] = obs
+    assert cached["observations"]["wrist_1"].shape == (B, 1, 1, 512)
+
+    loss_raw, grads_raw, m_raw = critic_loss_and_grads(agent, batch)
+    loss_cached, grads_cached, m_cached = critic_loss_and_grads(agent, cached)
+    assert float(loss_cached) == pytest.approx(float(loss_raw), rel=1e-5)
+    assert float(m_cached["calql_bound_rate"]) == pytest.approx(float(m_raw["calql_bound_rate"]))
+    flat_raw = jax.tree_util.tree_flatten_with_path(grads_raw)[0]
+    flat_cached = jax.tree.leaves(grads_cached)
+    for (path, g_raw), g_cached in zip(flat_raw, flat_cached, strict=True):
+        np.testing.assert_allclose(g_cached, g_raw, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+    # The image heads do get gradients (the critic trains them).
+    head = grads_raw["encoder"]["head_wrist_1"]
+    assert any(np.abs(np.asarray(g)).max() > 0 for g in jax.tree.leaves(head))
+
+
+def test_trainable_backbone_with_augmentation_trains_the_backbone():
+    cfg = _cfg(freeze_backbone=False, augment=True)
+    cfg.cql.enabled = False
+    agent = create_agent(cfg, _example(), 3)
+    assert not uses_feature_cache(agent)
+    assert agent.frozen_backbone == {}
+    batch = _batch(np.random.default_rng(1))
+    _, grads, _ = critic_loss_and_grads(agent, batch)
+    assert np.abs(np.asarray(grads["backbone"]["stem_conv"]["kernel"])).max() > 0
+    # Cached features cannot be augmented or trained through.
+    cached = dict(batch)
+    cached["observations"] = dict(batch["observations"], wrist_1=np.zeros((B, 1, 1, 512), np.float32))
+    with pytest.raises(AgentConfigError, match="wrist_1"):
+        critic_loss_and_grads(agent, cached)
+
+
+def test_random_shift_is_an_edge_padded_crop():
+    images = jnp.arange(2 * 8 * 8 * 1, dtype=jnp.uint8).reshape(2, 8, 8, 1)
+    shifted = np.asarray(random_shift(jax.random.PRNGKey(0), images, 4))
+    assert shifted.shape == images.shape and shifted.dtype == np.uint8
+    padded = np.pad(np.asarray(images), ((0, 0), (4, 4), (4, 4), (0, 0)), mode="edge")
+    for i in range(2):
+        windows = [padded[i, y:y + 8, x:x + 8] for y in range(9) for x in range(9)]
+        assert any(np.array_equal(shifted[i], w) for w in windows)
+    assert np.array_equal(random_shift(jax.random.PRNGKey(0), images, 0), images)
+
+
+def test_resnet10_at_128_gives_4x4x512():
+    backbone = make_backbone("resnet10")
+    shape = jax.eval_shape(lambda: backbone.init_with_output(jax.random.PRNGKey(0), jnp.zeros((1, 128, 128, 3), jnp.uint8))[0])
+    assert shape.shape == (1, 4, 4, 512)
+
+
+def test_state_only_and_unknown_keys():
+    cfg = _cfg()
+    agent = create_agent(cfg, {"state": np.zeros(4, np.float32)}, 2)
+    assert agent.nets.backbone is None and not uses_feature_cache(agent)
+    with pytest.raises(AgentConfigError, match="wrist_3"):
+        create_agent(cfg, {"state": np.zeros(4, np.float32), "wrist_3": np.zeros((8, 8, 3), np.uint8)}, 2)
