@@ -1,7 +1,13 @@
-"""Configuration of the real cell: the arm's address and limits, and the camera devices."""
+"""Configuration of the real cell: the arm's address, controller limits and safety, the cameras.
+
+Every value here is read by `robot_env.franky_backend.FrankyRobot` or `robot_env.cameras`; see
+`docs/hardware.md` for how to choose them. Defaults are for a Franka (FR3 or Panda) with the
+Franka Hand at the factory FCI address.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 
@@ -12,7 +18,8 @@ class CameraDeviceConfig:
     name: str = "wrist_1"
     # "opencv" (V4L2 / any OpenCV source, incl. a video file) or "realsense".
     kind: str = "opencv"
-    # OpenCV: device index or path (e.g. "/dev/video0"); RealSense: serial number.
+    # OpenCV: device index or path (e.g. "/dev/video0", or a video file for testing);
+    # RealSense: serial number ("" takes the first RealSense found).
     device: str = "0"
     # Capture size and rate requested from the device.
     capture_width: int = 640
@@ -20,13 +27,60 @@ class CameraDeviceConfig:
     fps: int = 30
     # Crop in capture pixels (x0, y0, x1, y1) before resizing; empty keeps the full frame.
     crop: list[int] = field(default_factory=list)
+    # `read()` raises CameraError when the newest frame is older than this.
+    max_frame_age_s: float = 0.2
+    # How long to wait for the first frame when the camera is opened.
+    open_timeout_s: float = 5.0
 
 
 @dataclass
 class RealConfig:
     robot_ip: str = "172.16.0.2"
-    # Fraction of the robot's velocity/acceleration/jerk limits used by blocking moves.
+    # Require a real-time kernel (libfranka's RealtimeConfig.Enforce). Set false only to talk to
+    # franky-sim or to try things on a non-RT machine: control over the network will jitter.
+    realtime: bool = True
+    # Fraction of the robot's velocity/acceleration/jerk limits used by blocking moves (resets).
     relative_dynamics_factor: float = 0.1
+    # Joint configuration of `joint_reset` (rad). Default: the usual Franka "ready" pose.
+    home_joints: list[float] = field(
+        default_factory=lambda: [0.0, -math.pi / 4, 0.0, -3 * math.pi / 4, 0.0, math.pi / 2, math.pi / 4]
+    )
+    # TCP offset (m) from the Franka Hand's nominal end-effector frame, in that frame (z points out
+    # of the fingers). The peg tip is a good TCP: rotations then pivot about it. Zero keeps the hand's.
+    tcp_offset_m: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    # Mass (kg) of what the hand holds, so the external-wrench estimate is not biased by it.
+    load_mass_kg: float = 0.0
+    # libfranka's collision reflex: above these joint torques (Nm) / Cartesian forces-torques
+    # (N, Nm) the arm stops itself (a reflex error, cleared by `recover`).
+    collision_torque_thresholds_nm: list[float] = field(default_factory=lambda: [25.0] * 7)
+    collision_force_thresholds_n: list[float] = field(
+        default_factory=lambda: [40.0, 40.0, 40.0, 30.0, 30.0, 30.0]
+    )
+    # Per-step limit on how far a compliant target may lie from the measured pose. The env's
+    # action scale should stay below these; they catch a runaway command, not normal actions.
+    max_step_translation_m: float = 0.03
+    max_step_rotation_rad: float = 0.2
+    # Soft external-wrench limit, below the collision reflex: the backend backs off and ends the
+    # episode (RobotError) when the estimated force or torque on the TCP exceeds it.
+    max_external_force_n: float = 25.0
+    max_external_torque_nm: float = 4.0
+    # How far to retreat along the measured external force when the soft limit trips.
+    force_backoff_m: float = 0.01
+    # After a fault is cleared, lift this far (base +z, capped at the safety box's top) before
+    # handing back control, so a stuck peg is pulled out along its axis.
+    recovery_lift_m: float = 0.02
+    # A blocking move counts as arrived within these tolerances (else RobotError).
+    arrival_tolerance_m: float = 0.003
+    arrival_tolerance_rad: float = 0.03
+    joint_arrival_tolerance_rad: float = 0.05
+    # How long `recover` keeps trying to reconnect after the network link dropped.
+    reconnect_timeout_s: float = 10.0
+    # The Franka Hand. With `gripper: false` (no hand, or another gripper) `set_gripper` does
+    # nothing and the gripper width reads 0.
+    gripper: bool = True
+    gripper_speed_mps: float = 0.1
+    gripper_force_n: float = 40.0
+    gripper_open_width_m: float = 0.08
     cameras: list[CameraDeviceConfig] = field(
         default_factory=lambda: [
             CameraDeviceConfig(name="wrist_1", kind="realsense", device=""),

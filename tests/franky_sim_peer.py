@@ -1,0 +1,114 @@
+"""franky-sim as a test peer: an FR3 (with the Franka Hand) in MuJoCo behind the libfranka
+protocol, served on 127.0.0.1 only, in its own process so its 1 kHz loop does not share our GIL.
+
+    with FrankySimPeer.start() as peer:
+        robot = FrankyRobot(RealConfig(robot_ip=peer.host, realtime=False))
+        peer.pause(1.5)   # stop serving for 1.5 s: libfranka times out after 1 s (a link fault)
+
+Run as a script it is the server; its stdin takes `pause SECONDS` and `quit`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+HOST = "127.0.0.1"
+_READY = "READY"
+
+
+class PeerUnavailable(RuntimeError):
+    """franky-sim could not start here (missing package, address in use)."""
+
+
+class FrankySimPeer:
+    def __init__(self, process: subprocess.Popen):
+        self._process = process
+        self.host = HOST
+
+    @classmethod
+    def start(cls, timeout_s: float = 60.0) -> FrankySimPeer:
+        process = subprocess.Popen(
+            [sys.executable, __file__],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        lines: list[str] = []
+        ready = threading.Event()
+
+        def pump() -> None:
+            assert process.stdout is not None
+            for line in process.stdout:
+                lines.append(line.rstrip())
+                if line.startswith(_READY):
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        ready.wait(timeout_s)
+        if process.poll() is not None or not any(line.startswith(_READY) for line in lines):
+            process.kill()
+            process.wait(5)
+            tail = "\n".join(lines[-8:])
+            raise PeerUnavailable(f"franky-sim did not start on {HOST}:1337:\n{tail}")
+        return cls(process)
+
+    def _send(self, line: str) -> None:
+        assert self._process.stdin is not None
+        self._process.stdin.write(line + "\n")
+        self._process.stdin.flush()
+
+    def pause(self, seconds: float) -> None:
+        """Stop stepping and serving for `seconds` (the arm's link goes silent)."""
+        self._send(f"pause {seconds}")
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            try:
+                self._send("quit")
+                self._process.wait(10)
+            except (OSError, subprocess.TimeoutExpired):
+                self._process.kill()
+                self._process.wait(5)
+
+    def __enter__(self) -> FrankySimPeer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _serve() -> None:
+    from franky_sim import SimulationServer
+    from franky_sim.mujoco_simulator import MujocoSimulator
+
+    pause_until = [0.0]
+    stop = threading.Event()
+
+    def read_commands() -> None:
+        for line in sys.stdin:
+            parts = line.split()
+            if parts[:1] == ["pause"]:
+                pause_until[0] = time.monotonic() + float(parts[1])
+            elif parts[:1] == ["quit"]:
+                break
+        stop.set()
+
+    threading.Thread(target=read_commands, daemon=True).start()
+    with MujocoSimulator(enable_visualization=False) as sim:
+        sim.add_robot()
+        with SimulationServer(sim, hostname_candidates=[HOST]) as server:
+            print(_READY, HOST, flush=True)
+            while not stop.is_set():
+                if time.monotonic() < pause_until[0]:
+                    time.sleep(0.001)
+                    continue
+                server.run_once(True)
+
+
+if __name__ == "__main__":
+    _serve()

@@ -1,0 +1,145 @@
+"""Real camera classes against a real capture source that needs no hardware: OpenCV reading a
+video file written here, paced like a camera."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from robot_env.cameras import (
+    OpenCVCamera,
+    RealSenseCamera,
+    crop_and_resize,
+    open_camera,
+    open_cameras,
+)
+from robot_env.interfaces import Camera, CameraError
+from robot_env.real_config import CameraDeviceConfig
+
+WIDTH, HEIGHT = 160, 120
+
+
+def write_video(path: Path, frames: int, fps: float = 30.0) -> Path:
+    """Frames whose left half is red and right half blue, with the frame index in green."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (WIDTH, HEIGHT))
+    assert writer.isOpened()
+    for index in range(frames):
+        bgr = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
+        bgr[:, : WIDTH // 2] = (0, 0, 255)  # red in BGR
+        bgr[:, WIDTH // 2 :] = (255, 0, 0)  # blue in BGR
+        bgr[:8, :8, 1] = index % 256
+        writer.write(bgr)
+    writer.release()
+    return path
+
+
+@pytest.fixture(scope="module")
+def long_video(tmp_path_factory) -> Path:
+    return write_video(tmp_path_factory.mktemp("video") / "long.avi", frames=300)
+
+
+def camera_config(path: Path, **overrides) -> CameraDeviceConfig:
+    values = dict(name="wrist_1", kind="opencv", device=str(path), fps=30, max_frame_age_s=0.2, open_timeout_s=5.0)
+    values.update(overrides)
+    return CameraDeviceConfig(**values)
+
+
+def test_reads_fresh_rgb_frames_resized_per_config(long_video):
+    camera = OpenCVCamera(camera_config(long_video), height=32, width=48)
+    try:
+        assert isinstance(camera, Camera)
+        frame, stamp = camera.read()
+        assert frame.shape == (32, 48, 3) and frame.dtype == np.uint8
+        assert 0.0 <= time.monotonic() - stamp < 0.2
+        # RGB order: the left half is red, the right half blue.
+        left, right = frame[16, 4], frame[16, 44]
+        assert left[0] > 200 and left[2] < 60
+        assert right[2] > 200 and right[0] < 60
+        # The capture thread keeps delivering newer frames at about the configured rate.
+        count = camera.frames_captured
+        time.sleep(0.5)
+        rate = (camera.frames_captured - count) / 0.5
+        assert 15 <= rate <= 45
+        _, later = camera.read()
+        assert later > stamp
+    finally:
+        camera.close()
+
+
+def test_crop_selects_the_configured_region(long_video):
+    # Crop the right (blue) half only: the whole output is blue.
+    camera = OpenCVCamera(camera_config(long_video, crop=[WIDTH // 2 + 4, 10, WIDTH, HEIGHT]), 16, 16)
+    try:
+        frame, _ = camera.read()
+        assert np.all(frame[..., 2] > 200) and np.all(frame[..., 0] < 60)
+    finally:
+        camera.close()
+
+
+def test_crop_outside_the_frame_is_a_clear_error(long_video):
+    with pytest.raises(CameraError, match="does not fit the 160×120 frames"):
+        OpenCVCamera(camera_config(long_video, crop=[0, 0, 400, 100]), 16, 16)
+
+
+def test_stale_frame_is_an_error(long_video):
+    # A source delivering 2 frames/s cannot meet a 0.1 s age limit between frames.
+    camera = OpenCVCamera(camera_config(long_video, fps=2, max_frame_age_s=0.1), 16, 16)
+    try:
+        deadline = time.monotonic() + 2.0
+        with pytest.raises(CameraError, match=r"newest frame is \d+\.\d+ s old \(limit 0\.10 s\)"):
+            while time.monotonic() < deadline:
+                camera.read()
+                time.sleep(0.02)
+    finally:
+        camera.close()
+
+
+def test_source_that_ends_is_reported_gone(tmp_path):
+    video = write_video(tmp_path / "short.avi", frames=6)
+    camera = OpenCVCamera(camera_config(video), 16, 16)
+    try:
+        time.sleep(0.5)  # 6 frames at 30 fps last 0.2 s
+        with pytest.raises(CameraError, match="is gone: the video file ended"):
+            camera.read()
+    finally:
+        camera.close()
+
+
+def test_missing_device_is_a_clear_error(tmp_path):
+    with pytest.raises(CameraError, match="OpenCV cannot open"):
+        OpenCVCamera(camera_config(tmp_path / "no_such_video.avi"), 16, 16)
+
+
+def test_realsense_without_its_library_or_device_is_a_clear_error():
+    cfg = CameraDeviceConfig(name="wrist_2", kind="realsense", device="123456789", open_timeout_s=1.0)
+    expected = "pyrealsense2 is not installed" if importlib.util.find_spec("pyrealsense2") is None else "RealSense"
+    with pytest.raises(CameraError, match=expected):
+        RealSenseCamera(cfg, 16, 16)
+
+
+def test_open_cameras_matches_env_names_and_rejects_unknown_kinds(long_video):
+    with pytest.raises(CameraError, match="real.cameras has no device for them"):
+        open_cameras([camera_config(long_video)], ["wrist_1", "wrist_2"], 16, 16)
+    with pytest.raises(CameraError, match="kind must be one of"):
+        open_camera(camera_config(long_video, kind="gige"), 16, 16)
+    cameras = open_cameras(
+        [camera_config(long_video, name="wrist_2"), camera_config(long_video, name="wrist_1")],
+        ["wrist_1", "wrist_2"],
+        16,
+        16,
+    )
+    try:
+        assert [camera.name for camera in cameras] == ["wrist_1", "wrist_2"]
+    finally:
+        for camera in cameras:
+            camera.close()
+
+
+def test_crop_and_resize_is_exact_for_an_identity_size():
+    frame = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
+    assert np.array_equal(crop_and_resize(frame, [1, 1, 5, 3], 2, 4), frame[1:3, 1:5])
