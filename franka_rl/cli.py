@@ -31,11 +31,20 @@ def register_user_error(exc_type: type[BaseException]) -> None:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `--config FILE` and trailing `key=value` overrides every run command takes."""
+    """The `--config FILE`, `--preset NAME` and trailing `key=value` overrides every run command
+    takes. `main` folds `--preset NAME` into the overrides as `agent_preset=NAME` (first, so an
+    explicit override still wins), so `load_config(args.config, args.overrides)` applies it."""
     parser.add_argument(
         "--config",
         default=None,
         help="YAML config (default: configs/peg_insertion_sim.yaml, the MuJoCo twin)",
+    )
+    parser.add_argument(
+        "--preset",
+        default=None,
+        metavar="NAME",
+        help="agent preset from configs/agents/ (wsrl, rlpd, calql_finetune, wsrl_nowarmup, cql), "
+        "applied over the config file and under the KEY=VALUE overrides",
     )
     parser.add_argument(
         "overrides",
@@ -61,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "preset", None):
+        args.overrides = [f"agent_preset={args.preset}", *args.overrides]
     try:
         result = args.handler(args)
     except KeyboardInterrupt:

@@ -1,0 +1,42 @@
+"""Settings of the two commands that run outside the online loop: `pretrain` and `eval`.
+
+They hang under the root config as `pretrain:` and `eval:` (franka_rl/config.py). The algorithm's
+own hyperparameters (CQL alpha, Cal-QL bound, networks) stay under `agent:`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class PretrainConfig:
+    """Offline pre-training (`franka-rl pretrain`, agent/pretrain.py)."""
+
+    # Gradient steps; the robot reference converged around 200k (ALGORITHMS.md).
+    steps: int = 200_000
+    # Critic updates per gradient step (utd - 1 critic-only, then one full update), as
+    # agent.sac.utd online. The Cal-QL reference pre-trains with 1.
+    utd: int = 1
+    # Episodes held out of training, to measure calibration (Q against the Monte-Carlo return).
+    holdout_episodes: int = 4
+    # Held-out episodes drawn as Q-and-G curves in the calibration plot.
+    plot_episodes: int = 3
+    log_every: int = 1000
+    checkpoint_every: int = 10_000
+    keep_checkpoints: int = 3
+    # Replay-buffer slots; 0 = exactly what the dataset needs.
+    buffer_capacity: int = 0
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation (`franka-rl eval`, agent/evaluation.py)."""
+
+    episodes: int = 20
+    # How initial poses are spread over the task's reset range (±reset_position_noise,
+    # ±reset_yaw_noise): "lhs" = a seeded Latin hypercube over (x, y, z, yaw) offsets (every
+    # axis evenly covered), "random" = the env's own uniform sampling.
+    spread: str = "lhs"
+    # Episodes written into the video (wrist cameras side by side).
+    video_episodes: int = 4
