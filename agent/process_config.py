@@ -1,0 +1,126 @@
+"""Configuration of the online processes: the transport between them, the actor and the learner.
+
+The three sections hang under the root config as `transport:`, `actor:` and `learner:` (see
+franka_rl/config.py). They say how a run is carried out, not what it learns, so they are left out
+of `config_hash`: an actor and a learner with different ports or run directories still agree.
+docs/processes.md explains every key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ON_LEARNER_LOSS = ("continue", "finish_episode")
+
+
+@dataclass
+class TransportConfig:
+    # Where actors reach the learner (its host name or address as the actors see it).
+    host: str = "127.0.0.1"
+    # The interface the learner binds: "127.0.0.1" keeps it on this machine; "*" accepts actors
+    # from other hosts (then switch on CURVE below).
+    bind_host: str = "127.0.0.1"
+    port: int = 5555
+    # Each side sends a heartbeat this often; the link counts as down after the timeout.
+    heartbeat_interval_s: float = 1.0
+    heartbeat_timeout_s: float = 5.0
+    # Larger frames are refused by the learner's socket (the peer is disconnected).
+    max_frame_bytes: int = 256 * 1024 * 1024
+    # CURVE (encryption + client authentication) for links that leave the host. Key files are
+    # pyzmq certificates (`franka-rl transport-keys DIR` writes them): the learner needs its
+    # secret certificate and a directory of the public certificates of the actors it admits;
+    # an actor needs its own secret certificate and the learner's public one.
+    curve: bool = False
+    curve_server_secret_file: str = ""
+    curve_authorized_clients_dir: str = ""
+    curve_client_secret_file: str = ""
+    curve_server_public_file: str = ""
+
+
+@dataclass
+class ActorConfig:
+    # Names this actor to the learner; every actor of a run needs its own.
+    actor_id: str = "actor-0"
+    # Where the actor writes its episodes (empty: <output_dir>/actors/<actor_id>/episodes).
+    episodes_dir: str = ""
+    # Steps per transitions message (a message never spans two episodes).
+    send_every_steps: int = 1
+    # Transitions kept in memory until the learner has them in a checkpoint. When full, the
+    # actor finishes its episode and waits (holding pose) for the learner to catch up.
+    max_unacked_transitions: int = 50_000
+    # When the learner is unreachable: "continue" acting with the last parameters (everything
+    # is recorded and resent later) or "finish_episode" and wait, holding pose, for the learner.
+    on_learner_loss: str = "continue"
+    # Wait this long at start-up for the learner's first parameters (0: forever).
+    first_params_timeout_s: float = 0.0
+    # Wrap the env with teleop interventions from the device named in `teleop.device`.
+    intervention: bool = False
+    # Stop after this many episodes (0: run until interrupted).
+    max_episodes: int = 0
+    # On exit, wait this long for the learner to store what is still unacknowledged.
+    flush_timeout_s: float = 10.0
+    # Moving success / intervention rates over this many episodes.
+    stats_window: int = 20
+    status_interval_s: float = 0.5
+
+
+@dataclass
+class LearnerConfig:
+    # Checkpoints, metrics and the replay buffer snapshot (empty: <output_dir>/learner).
+    run_dir: str = ""
+    buffer_capacity: int = 200_000
+    # 0: learner steps as fast as the device allows (SERL); > 0: at most this many learner steps
+    # per stored online transition, whatever the machine's speed. Each learner step is
+    # agent.sac.utd critic updates and one actor update.
+    steps_per_transition: float = 0.0
+    # Send new parameters to the actors every this many learner steps.
+    publish_every_steps: int = 10
+    # Checkpoint (agent + replay buffer + transport bookkeeping) every this many learner steps
+    # or seconds, whichever comes first; actors drop what a checkpoint holds.
+    checkpoint_every_steps: int = 1000
+    checkpoint_interval_s: float = 120.0
+    keep_checkpoints: int = 2
+    log_every_steps: int = 100
+    # Stop after this many learner steps (0: run until interrupted).
+    max_steps: int = 0
+    tensorboard: bool = True
+    status_interval_s: float = 1.0
+
+
+class ProcessConfigError(ValueError):
+    """A transport, actor or learner setting that cannot work; the message names the key."""
+
+
+def validate_process_config(transport: TransportConfig, actor: ActorConfig | None = None,
+                            learner: LearnerConfig | None = None) -> None:
+    checks = [
+        (1 <= transport.port <= 65535, "transport.port must be in 1..65535"),
+        (transport.heartbeat_interval_s > 0, "transport.heartbeat_interval_s must be > 0"),
+        (transport.heartbeat_timeout_s > transport.heartbeat_interval_s,
+         "transport.heartbeat_timeout_s must exceed transport.heartbeat_interval_s"),
+        (transport.max_frame_bytes >= 1024, "transport.max_frame_bytes must be at least 1024"),
+    ]
+    if actor is not None:
+        checks += [
+            (bool(actor.actor_id) and "/" not in actor.actor_id and len(actor.actor_id) <= 64,
+             "actor.actor_id must be a non-empty name without '/' (at most 64 characters)"),
+            (actor.send_every_steps >= 1, "actor.send_every_steps must be >= 1"),
+            (actor.max_unacked_transitions >= 1, "actor.max_unacked_transitions must be >= 1"),
+            (actor.on_learner_loss in ON_LEARNER_LOSS, f"actor.on_learner_loss must be one of {ON_LEARNER_LOSS}"),
+            (actor.max_episodes >= 0, "actor.max_episodes must be >= 0"),
+            (actor.stats_window >= 1, "actor.stats_window must be >= 1"),
+        ]
+    if learner is not None:
+        checks += [
+            (learner.buffer_capacity >= 2, "learner.buffer_capacity must be >= 2"),
+            (learner.steps_per_transition >= 0, "learner.steps_per_transition must be >= 0"),
+            (learner.publish_every_steps >= 1, "learner.publish_every_steps must be >= 1"),
+            (learner.checkpoint_every_steps >= 1, "learner.checkpoint_every_steps must be >= 1"),
+            (learner.checkpoint_interval_s > 0, "learner.checkpoint_interval_s must be > 0"),
+            (learner.keep_checkpoints >= 1, "learner.keep_checkpoints must be >= 1"),
+            (learner.log_every_steps >= 1, "learner.log_every_steps must be >= 1"),
+            (learner.max_steps >= 0, "learner.max_steps must be >= 0"),
+        ]
+    for ok, message in checks:
+        if not ok:
+            raise ProcessConfigError(message)

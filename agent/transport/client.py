@@ -1,0 +1,337 @@
+"""The actor's end of the transport: a DEALER socket served by one background thread.
+
+The control loop never waits on the network: `send(chunk)` numbers a chunk and queues it,
+`latest_params()` returns the newest parameters the thread has received (already converted by
+`decode_params`, off the control thread). Every chunk stays in memory until the learner reports
+it durable (inside a checkpoint); after a reconnection or a learner restart the thread
+handshakes again and resends everything after the learner's `stored_through`, so nothing is
+lost and the learner drops any duplicate by its sequence number.
+
+Link states: "connecting" (no handshake yet), "up", "down" (no word from the learner for
+`heartbeat_timeout_s`; the thread keeps knocking with HELLO), "refused" (the learner rejected
+this actor as incompatible: see `refusal`).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import zmq
+
+from agent.process_config import TransportConfig
+from agent.transport.protocol import (
+    PROTOCOL_VERSION,
+    Message,
+    MessageType,
+    ObservationSpec,
+    ProtocolError,
+    TransitionChunk,
+    decode,
+    encode,
+    spec_to_json,
+)
+from agent.transport.security import secure_client
+from agent.transport.server import HELLO_REQUIRED, INCOMPATIBLE
+
+log = logging.getLogger("agent.transport")
+
+
+class ActorClient:
+    def __init__(
+        self,
+        cfg: TransportConfig,
+        *,
+        actor_id: str,
+        config_hash: str,
+        observation_spec: Mapping[str, tuple[Any, Any]],
+        action_dim: int,
+        backbone_digest: str = "",
+        decode_params: Callable[[int, dict[str, np.ndarray]], Any] | None = None,
+        on_backbone: Callable[[dict[str, np.ndarray]], None] | None = None,
+        endpoint: str | None = None,
+    ):
+        self.cfg = cfg
+        self.actor_id = actor_id
+        self.incarnation = uuid.uuid4().hex[:12]
+        self.endpoint = endpoint or f"tcp://{cfg.host}:{cfg.port}"
+        self._hello = encode(Message(MessageType.HELLO, actor=actor_id, fields={
+            "incarnation": self.incarnation, "config_hash": config_hash, "protocol_version": PROTOCOL_VERSION,
+            "action_dim": int(action_dim), "observation_spec": spec_to_json(observation_spec)}))
+        self._heartbeat = encode(Message(MessageType.HEARTBEAT, actor=actor_id))
+        self.backbone_digest = backbone_digest
+        self._decode_params = decode_params or (lambda version, arrays: arrays)
+        self._on_backbone = on_backbone
+        self.state = "connecting"
+        self.refusal = ""
+        self.session = ""
+        self.stored_through = 0
+        self.durable_through = 0
+        self.params_version = -1
+        self.reconnects = 0
+        self._sequence = 0
+        self._outbox: queue.Queue[tuple[int, int, list]] = queue.Queue()
+        self._unacked: deque[tuple[int, int, list]] = deque()  # (sequence, steps, frames), service thread only
+        self._unacked_steps = 0
+        self._queued_steps = 0
+        self._count_lock = threading.Lock()
+        self._params: tuple[int, Any] | None = None
+        self._params_lock = threading.Lock()
+        self._backbone_ready = threading.Event()
+        self._last_heard = -float("inf")
+        self._last_resend: tuple[int, float] = (-1, -float("inf"))
+        self._stop = threading.Event()
+        self._context = zmq.Context()
+        self._wake_address = f"inproc://actor-wake-{id(self)}"
+        self._wake_send = self._context.socket(zmq.PAIR)
+        self._wake_send.bind(self._wake_address)
+        self._wake_lock = threading.Lock()
+        self._error: BaseException | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="actor-transport", daemon=True)
+
+    # ------------------------------------------------------------------ control-loop API
+
+    def start(self) -> ActorClient:
+        if self._thread.is_alive():
+            return self
+        self._thread.start()
+        self._ready.wait(10.0)
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def send(self, chunk: TransitionChunk) -> int:
+        """Queue a chunk; returns its sequence number. Never blocks."""
+        self._sequence += 1
+        frames = encode(chunk.to_message(self.actor_id, self._sequence))
+        with self._count_lock:
+            self._queued_steps += len(chunk)
+        self._outbox.put((self._sequence, len(chunk), frames))
+        self._wake()
+        return self._sequence
+
+    @property
+    def last_sequence(self) -> int:
+        return self._sequence
+
+    @property
+    def unacked_transitions(self) -> int:
+        """Steps sent or queued that the learner does not yet hold in a checkpoint."""
+        with self._count_lock:
+            return self._unacked_steps + self._queued_steps
+
+    def latest_params(self) -> tuple[int, Any] | None:
+        """(version, decoded parameters) if newer ones arrived since the last call, else None."""
+        with self._params_lock:
+            params, self._params = self._params, None
+        return params
+
+    def wait_for_backbone(self, timeout: float) -> bool:
+        return self._backbone_ready.wait(timeout)
+
+    def all_stored(self) -> bool:
+        return self.stored_through >= self._sequence
+
+    def flush(self, timeout: float) -> bool:
+        """Wait up to `timeout` s until the learner has stored every chunk sent so far."""
+        deadline = time.monotonic() + timeout
+        while not self.all_stored() and time.monotonic() < deadline:
+            if self.state == "refused":
+                return False
+            time.sleep(0.02)
+        return self.all_stored()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake()
+        self._thread.join(5.0)
+        with self._wake_lock:
+            self._wake_send.close(linger=0)
+        self._context.term()
+
+    def __enter__(self) -> ActorClient:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _wake(self) -> None:
+        with self._wake_lock:
+            if not self._wake_send.closed:
+                self._wake_send.send(b"", zmq.NOBLOCK)
+
+    # ------------------------------------------------------------------ service thread
+
+    def _serve(self) -> None:
+        dealer = self._context.socket(zmq.DEALER)
+        wake = self._context.socket(zmq.PAIR)
+        try:
+            dealer.setsockopt(zmq.LINGER, 0)
+            # Queue nothing for a learner that is not connected: the resend logic owns retries.
+            dealer.setsockopt(zmq.IMMEDIATE, 1)
+            dealer.setsockopt(zmq.SNDHWM, 10_000)
+            dealer.setsockopt(zmq.RECONNECT_IVL, 100)
+            dealer.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+            secure_client(dealer, self.cfg)
+            dealer.connect(self.endpoint)
+            wake.connect(self._wake_address)
+        except BaseException as exc:
+            self._error = exc
+            dealer.close(0)
+            wake.close(0)
+            self._ready.set()
+            return
+        self._ready.set()
+        poller = zmq.Poller()
+        poller.register(dealer, zmq.POLLIN)
+        poller.register(wake, zmq.POLLIN)
+        interval = self.cfg.heartbeat_interval_s
+        next_beat = 0.0
+        try:
+            while not self._stop.is_set():
+                timeout_ms = max(0, int((next_beat - time.monotonic()) * 1000))
+                events = dict(poller.poll(timeout_ms))
+                if wake in events:
+                    while wake.poll(0):
+                        wake.recv()
+                self._take_outbox(dealer)
+                if dealer in events:
+                    while True:
+                        try:
+                            frames = dealer.recv_multipart(zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        self._handle(dealer, frames)
+                now = time.monotonic()
+                if self.state == "up" and now - self._last_heard > self.cfg.heartbeat_timeout_s:
+                    self.state = "down"
+                    log.warning("transport: no word from the learner for %.1f s; recording on, will resend",
+                                now - self._last_heard)
+                if now >= next_beat:
+                    next_beat = now + interval
+                    if self.state == "up":
+                        self._try_send(dealer, self._heartbeat)
+                    elif self.state != "refused":
+                        self._try_send(dealer, self._hello)
+        finally:
+            dealer.close(0)
+            wake.close(0)
+
+    def _try_send(self, dealer: zmq.Socket, frames: list) -> bool:
+        try:
+            dealer.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.ZMQError:  # not connected (IMMEDIATE) or the queue is full: resent later
+            return False
+
+    def _take_outbox(self, dealer: zmq.Socket) -> None:
+        while True:
+            try:
+                entry = self._outbox.get_nowait()
+            except queue.Empty:
+                return
+            self._unacked.append(entry)
+            with self._count_lock:
+                self._unacked_steps += entry[1]
+                self._queued_steps -= entry[1]
+            if self.state == "up":
+                self._try_send(dealer, entry[2])
+
+    def _forget_durable(self) -> None:
+        while self._unacked and self._unacked[0][0] <= self.durable_through:
+            _, steps, _ = self._unacked.popleft()
+            with self._count_lock:
+                self._unacked_steps -= steps
+
+    def _resend_after(self, dealer: zmq.Socket, stored_through: int) -> None:
+        for sequence, _, frames in list(self._unacked):
+            if sequence > stored_through and not self._try_send(dealer, frames):
+                break
+        self._last_resend = (stored_through, time.monotonic())
+
+    def _marks(self, message: Message) -> None:
+        stored = message.fields.get("stored_through")
+        durable = message.fields.get("durable_through")
+        if isinstance(stored, int) and isinstance(durable, int):
+            self.stored_through, self.durable_through = stored, durable
+            self._forget_durable()
+
+    def _handle(self, dealer: zmq.Socket, frames: list) -> None:
+        try:
+            message = decode(frames)
+        except ProtocolError as exc:
+            log.warning("transport: ignored a malformed message from the learner: %s", exc)
+            return
+        self._last_heard = time.monotonic()
+        kind = message.type
+        if kind == MessageType.WELCOME:
+            session = str(message.fields.get("session", ""))
+            if self.session and session != self.session:
+                log.warning("transport: the learner restarted (session %s); resending what it lacks", session)
+            if self.state != "up" and self.session:
+                self.reconnects += 1
+            self.session = session
+            self.state = "up"
+            self._marks(message)
+            self._resend_after(dealer, self.stored_through)
+            digest = message.fields.get("backbone_digest", "")
+            if digest and digest != self.backbone_digest and self._on_backbone is not None:
+                self._try_send(dealer, encode(Message(MessageType.BACKBONE_REQUEST, actor=self.actor_id)))
+            else:
+                self._backbone_ready.set()
+        elif kind == MessageType.REJECT:
+            code, reason = message.fields.get("code"), str(message.fields.get("reason", ""))
+            if code == INCOMPATIBLE:
+                self.state, self.refusal = "refused", reason
+                log.error("transport: the learner refused this actor: %s", reason)
+            elif code == HELLO_REQUIRED:
+                if self.state == "up":
+                    log.warning("transport: the learner does not know this actor (it restarted?); handshaking again")
+                self.state = "down"
+                self._try_send(dealer, self._hello)
+            else:
+                log.warning("transport: the learner rejected a message: %s", reason)
+        elif self.state != "up":
+            return  # anything else before a handshake belongs to an earlier session
+        elif kind == MessageType.ACK:
+            self._marks(message)
+            last, when = self._last_resend
+            if message.fields.get("resend") and not (last == self.stored_through
+                                                     and time.monotonic() - when < self.cfg.heartbeat_timeout_s):
+                self._resend_after(dealer, self.stored_through)
+        elif kind == MessageType.HEARTBEAT:
+            if message.fields.get("session") != self.session:
+                self.state = "down"
+                self._try_send(dealer, self._hello)
+                return
+            self._marks(message)
+        elif kind == MessageType.PARAMS:
+            self._take_params(message)
+
+    def _take_params(self, message: Message) -> None:
+        kind = message.fields.get("kind")
+        # Copy out of the received frames: they are reused by ZeroMQ once this message is dropped.
+        arrays = {k: np.array(v) for k, v in message.arrays.items()}
+        try:
+            if kind == "backbone":
+                if self._on_backbone is not None:
+                    self._on_backbone(arrays)
+                self._backbone_ready.set()
+                return
+            version = int(message.fields.get("version", message.sequence))
+            decoded = self._decode_params(version, arrays)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("transport: parameters from the learner do not fit this actor's agent: %s", exc)
+            self.state, self.refusal = "refused", f"parameters do not fit this actor's agent: {exc}"
+            return
+        with self._params_lock:
+            self._params = (version, decoded)
+        self.params_version = version
