@@ -18,6 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from agent.config import AgentConfig
 from agent.offline_config import EvalConfig, PretrainConfig
+from agent.process_config import ActorConfig, LearnerConfig, TransportConfig
 from robot_env.config import EnvConfig, TaskConfig
 from robot_env.real_config import RealConfig
 from sim.config import SimConfig
@@ -47,6 +48,10 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     teleop: TeleopConfig = field(default_factory=TeleopConfig)
     record: RecordConfig = field(default_factory=RecordConfig)
+    # The online processes (docs/processes.md); left out of config_hash like teleop and record.
+    transport: TransportConfig = field(default_factory=TransportConfig)
+    actor: ActorConfig = field(default_factory=ActorConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
 
 
 class ConfigError(ValueError):
@@ -144,7 +149,7 @@ def config_hash(cfg: Config) -> str:
     and with the keyboard.
     """
     tree = OmegaConf.to_container(OmegaConf.structured(cfg))
-    for volatile in ("output_dir", "seed", "teleop", "record"):
+    for volatile in ("output_dir", "seed", "teleop", "record", "transport", "actor", "learner"):
         tree.pop(volatile, None)
     text = OmegaConf.to_yaml(OmegaConf.create(tree))
     return hashlib.sha256(text.encode()).hexdigest()[:12]
