@@ -126,13 +126,18 @@ def test_targets_outside_the_box_are_clipped(robot):
     box = SafetyBox.from_task(TASK)
     env.reset(seed=0)
     clipped = []
-    for _ in range(8):
+    # The box top is 6 cm above the reset pose: three steps at full speed. How many steps the
+    # compliant arm needs to get there depends on how fast franky-sim runs on a loaded machine, so
+    # climb until the target has been clipped a few times (bounded).
+    for _ in range(40):
         # Peg pointing down: the end effector's -z is the base's +z, so this climbs 2 cm a step.
         _, _, _, _, info = env.step(np.array([0, 0, -1, 0, 0, 0], dtype=np.float32))
         assert "robot_error" not in info
         clipped.append(info["target_clipped"])
         assert info["commanded_position"][2] <= box.position_high[2] + 1e-9
-    assert clipped[-1] and not clipped[0]
+        if sum(clipped) >= 3:
+            break
+    assert not clipped[0] and sum(clipped) >= 3
     assert robot.read_state().tcp_position[2] < box.position_high[2] + 0.01
 
     # A wild target handed straight to the backend is limited per step and clipped into the box
