@@ -16,9 +16,11 @@ def write_video(path: str | Path, frames: Sequence[np.ndarray], fps: float) -> P
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     stack = np.stack(frames)
-    # H.264 in yuv420p needs even sides.
-    height, width = stack.shape[1] // 2 * 2, stack.shape[2] // 2 * 2
-    iio.imwrite(path, stack[:, :height, :width], fps=fps, codec="libx264")
+    # Most H.264 players want sides that are multiples of 16 (the codec's macro block); pad with
+    # black rather than let the writer rescale the frames (and warn about it).
+    height, width = stack.shape[1], stack.shape[2]
+    stack = np.pad(stack, ((0, 0), (0, -height % 16), (0, -width % 16), (0, 0)))
+    iio.imwrite(path, stack, fps=fps, codec="libx264", macro_block_size=1)
     return path
 
 
