@@ -104,6 +104,7 @@ def validate_real_config(cfg: RealConfig) -> None:
         "arrival_tolerance_rad": cfg.arrival_tolerance_rad,
         "joint_arrival_tolerance_rad": cfg.joint_arrival_tolerance_rad,
         "reconnect_timeout_s": cfg.reconnect_timeout_s,
+        "connect_timeout_s": cfg.connect_timeout_s,
         "gripper_speed_mps": cfg.gripper_speed_mps,
         "gripper_force_n": cfg.gripper_force_n,
     }
@@ -128,6 +129,31 @@ def _validated_pose(position: np.ndarray, quat: np.ndarray) -> tuple[np.ndarray,
     if not (np.all(np.isfinite(position)) and np.isfinite(norm) and norm > 1e-6):
         raise ValueError(f"non-finite or degenerate pose: position {position}, quat {quat}")
     return position, quat / norm
+
+
+def call_with_timeout(fn: Any, timeout_s: float) -> Any:
+    """`fn()` on a daemon thread; TimeoutError if it has not returned within `timeout_s`.
+
+    For libfranka calls that block far longer than a user should wait (a TCP connect to a silent
+    address takes a minute); they release the GIL, so the waiting thread keeps running. An
+    abandoned call finishes on its own and its result is dropped (a late connection closes)."""
+    outcome: dict[str, Any] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            outcome["value"] = fn()
+        except BaseException as exc:
+            outcome["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="franky-call", daemon=True).start()
+    if not done.wait(timeout_s):
+        raise TimeoutError(f"no answer within {timeout_s:.1f} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 def _watch_sigint(flag: threading.Event) -> Any:
@@ -186,9 +212,18 @@ class FrankyRobot:
         ip = self.cfg.robot_ip
         realtime = franky.RealtimeConfig.Enforce if self.cfg.realtime else franky.RealtimeConfig.Ignore
         try:
-            robot = franky.Robot(
-                ip, relative_dynamics_factor=self.cfg.relative_dynamics_factor, realtime_config=realtime
+            robot = call_with_timeout(
+                lambda: franky.Robot(
+                    ip, relative_dynamics_factor=self.cfg.relative_dynamics_factor, realtime_config=realtime
+                ),
+                self.cfg.connect_timeout_s,
             )
+        except TimeoutError:
+            raise RobotConnectionError(
+                f"the arm at {ip} did not answer within {self.cfg.connect_timeout_s:.0f} s. Is {ip} the "
+                "arm's FCI address (real.robot_ip), is the Ethernet cable in the control box's port, and "
+                "does this host have a static address in that subnet? (docs/hardware.md, 'Network')"
+            ) from None
         except franky.IncompatibleVersionException as exc:
             raise RobotConnectionError(
                 f"the arm at {ip} runs firmware that libfranka {software_versions()['libfranka']} does "
@@ -203,7 +238,7 @@ class FrankyRobot:
             ) from None
         except Exception as exc:  # franky raises several unrelated types for a dead link
             raise RobotConnectionError(
-                f"cannot connect to the arm at {ip}: {exc}. Check the network cable and the host's "
+                f"cannot connect to the arm at {ip}: {str(exc).rstrip('.')}. Check the network cable and the host's "
                 "address (docs/hardware.md, 'Network'), that the brakes are open and FCI is "
                 "activated in Desk, and that no other program holds the connection."
             ) from None
@@ -225,7 +260,7 @@ class FrankyRobot:
 
     def _connect_gripper(self) -> Any:
         try:
-            return self._franky.Gripper(self.cfg.robot_ip)
+            return call_with_timeout(lambda: self._franky.Gripper(self.cfg.robot_ip), self.cfg.connect_timeout_s)
         except Exception as exc:
             raise RobotConnectionError(
                 f"no Franka Hand answered at {self.cfg.robot_ip} ({exc}). Check that the hand is "
@@ -307,9 +342,33 @@ class FrankyRobot:
         )
 
     def describe_state(self) -> dict[str, str]:
-        """Robot mode and active errors, in words (for `robot-check`)."""
+        """What the arm and the hand report, in words (for `robot-check`): the robot mode
+        (Idle, Move, Guiding, Reflex, UserStopped, Other, ...), the active errors ("" when none),
+        and the Franka Hand's protocol version ("" without a hand)."""
         state = self._franky_state()
-        return {"mode": str(state.robot_mode).split(".")[-1], "errors": str(state.current_errors)}
+        errors = str(state.current_errors)
+        hand_version = ""
+        if self._gripper is not None:
+            try:
+                hand_version = str(self._gripper.server_version)
+            except Exception as exc:
+                raise RobotError(f"cannot read the Franka Hand ({exc})") from None
+        return {
+            "mode": str(state.robot_mode).split(".")[-1],
+            "errors": "" if errors == "[]" else errors,
+            "hand_version": hand_version,
+        }
+
+    def set_guiding_axes(self, translation: bool = True, rotation: bool = True, timeout_s: float = 3.0) -> None:
+        """Choose which Cartesian axes move freely while someone holds the guiding buttons at the
+        flange (the arm enters guiding mode only while they are pressed). Raises RobotError when
+        the arm does not accept the setting within `timeout_s` (franky-sim does not implement it);
+        the link may then be gone, so reconnect before using this robot again."""
+        axes = [translation] * 3 + [rotation] * 3
+        try:
+            call_with_timeout(lambda: self._robot.set_guiding_mode(axes, False), timeout_s)
+        except Exception as exc:
+            raise RobotError(f"the arm did not accept the guiding-mode setting ({exc})") from None
 
     def _raise_if_faulted(self, state: Any) -> None:
         franky = self._franky

@@ -75,6 +75,9 @@ class RealConfig:
     joint_arrival_tolerance_rad: float = 0.05
     # How long `recover` keeps trying to reconnect after the network link dropped.
     reconnect_timeout_s: float = 10.0
+    # How long to wait for the arm (and the hand) to answer a connection. libfranka's own TCP
+    # timeout is a minute when the address does not answer at all (wrong IP, cable out).
+    connect_timeout_s: float = 10.0
     # The Franka Hand. With `gripper: false` (no hand, or another gripper) `set_gripper` does
     # nothing and the gripper width reads 0.
     gripper: bool = True

@@ -24,14 +24,16 @@ class PeerUnavailable(RuntimeError):
 
 
 class FrankySimPeer:
-    def __init__(self, process: subprocess.Popen):
+    def __init__(self, process: subprocess.Popen, host: str = HOST):
         self._process = process
-        self.host = HOST
+        self.host = host
 
     @classmethod
-    def start(cls, timeout_s: float = 60.0) -> FrankySimPeer:
+    def start(cls, timeout_s: float = 60.0, host: str = HOST) -> FrankySimPeer:
+        """Serve on `host` (any 127.x.y.z is loopback): a test file with its own address does not
+        collide with another franky-sim running on this machine."""
         process = subprocess.Popen(
-            [sys.executable, __file__],
+            [sys.executable, __file__, host],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -54,8 +56,8 @@ class FrankySimPeer:
             process.kill()
             process.wait(5)
             tail = "\n".join(lines[-8:])
-            raise PeerUnavailable(f"franky-sim did not start on {HOST}:1337:\n{tail}")
-        return cls(process)
+            raise PeerUnavailable(f"franky-sim did not start on {host}:1337:\n{tail}")
+        return cls(process, host)
 
     def _send(self, line: str) -> None:
         assert self._process.stdin is not None
@@ -82,7 +84,7 @@ class FrankySimPeer:
         self.close()
 
 
-def _serve() -> None:
+def _serve(host: str) -> None:
     from franky_sim import SimulationServer
     from franky_sim.mujoco_simulator import MujocoSimulator
 
@@ -101,8 +103,8 @@ def _serve() -> None:
     threading.Thread(target=read_commands, daemon=True).start()
     with MujocoSimulator(enable_visualization=False) as sim:
         sim.add_robot()
-        with SimulationServer(sim, hostname_candidates=[HOST]) as server:
-            print(_READY, HOST, flush=True)
+        with SimulationServer(sim, hostname_candidates=[host]) as server:
+            print(_READY, host, flush=True)
             while not stop.is_set():
                 if time.monotonic() < pause_until[0]:
                     time.sleep(0.001)
@@ -111,4 +113,4 @@ def _serve() -> None:
 
 
 if __name__ == "__main__":
-    _serve()
+    _serve(sys.argv[1] if len(sys.argv) > 1 else HOST)
