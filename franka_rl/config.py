@@ -19,6 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 from agent.config import AgentConfig
 from agent.offline_config import EvalConfig, PretrainConfig
 from agent.process_config import ActorConfig, LearnerConfig, TransportConfig
+from reward_classifier.config import ClassifierConfig
 from robot_env.config import EnvConfig, TaskConfig
 from robot_env.real_config import RealConfig
 from sim.config import SimConfig
@@ -52,6 +53,7 @@ class Config:
     transport: TransportConfig = field(default_factory=TransportConfig)
     actor: ActorConfig = field(default_factory=ActorConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
 
 
 class ConfigError(ValueError):

@@ -1,0 +1,62 @@
+"""Configuration of the reward classifier: its model, training, threshold rule and reward wrapper.
+
+Hangs under the root config as `classifier:` (franka_rl/config.py). `train-classifier` and
+`eval-classifier` read the model and training keys; the actor reads `enabled`, `model_dir` and
+the wrapper keys when it wraps the env with `reward_classifier.wrap_with_classifier`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+POOLINGS = ("spatial", "mean", "flatten")
+
+
+@dataclass
+class ClassifierConfig:
+    # The actor replaces the task's reward and termination with the classifier's (model_dir).
+    enabled: bool = False
+    # A trained classifier (train-classifier's output directory). Empty: <output_dir>/classifier.
+    model_dir: str = ""
+
+    # --- Model: one frozen backbone shared by the cameras, per-camera pooling, then the head
+    # Dense hidden_dim -> dropout -> LayerNorm -> ReLU -> Dense 1 (a logit).
+    image_keys: list[str] = field(default_factory=lambda: ["wrist_1", "wrist_2"])
+    backbone: str = "resnet10"
+    # Local backbone weights ("" = random initialisation, saved with the model). Nothing is downloaded.
+    pretrained_path: str = ""
+    # How each camera's feature map becomes a vector: "spatial" (learned spatial embeddings,
+    # as the agent's encoder), "mean" (global average) or "flatten" (every cell kept).
+    pooling: str = "spatial"
+    spatial_features: int = 8
+    hidden_dim: int = 256
+    dropout: float = 0.1
+
+    # --- Training (on cached backbone features: the backbone is frozen, so each frame's features
+    # are computed once).
+    learning_rate: float = 1e-4
+    # Balanced: half positives, half negatives.
+    batch_size: int = 256
+    steps: int = 3000
+    # Fraction of episodes (not frames) held out for validation and the threshold.
+    validation_fraction: float = 0.2
+    eval_every: int = 250
+    # Frames per backbone call when building the feature cache.
+    feature_batch_size: int = 128
+    seed: int = 0
+
+    # --- Threshold: the lowest probability threshold whose false-positive rate on the validation
+    # split is at most target_fpr, but never below min_threshold.
+    target_fpr: float = 0.01
+    min_threshold: float = 0.5
+
+    # --- Reward wrapper.
+    # Use this threshold instead of the one stored with the model (None: the stored one).
+    threshold: float | None = None
+    # Success only after this many consecutive frames above the threshold (1: the first one).
+    debounce_steps: int = 1
+    # Also require the TCP within pose_tolerance_m of the task's target position.
+    pose_check: bool = False
+    # 0: the task's success_position_tolerance. The twin counts success from 2 cm deep, 1 cm
+    # above the target pose, so a pose check there needs about 0.012.
+    pose_tolerance_m: float = 0.0
