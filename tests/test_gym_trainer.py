@@ -1,0 +1,222 @@
+"""train-gym: the env adapter, buffer->agent batches, RLPD mixing, and short real runs on Pendulum-v1
+(online SAC through the CLI; offline Cal-QL then WSRL fine-tuning through the library)."""
+
+from __future__ import annotations
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from agent.batching import sample_batches, to_agent_batch
+from agent.checkpoint import AgentCheckpointer, restore_agent
+from agent.config import AgentConfig
+from agent.core import create_agent
+from agent.data import EpisodeStore, ReplayBuffer
+from agent.data.episodes import Episode, make_metadata
+from agent.gym_env import GymEnvError, agent_observations, make_gym_env, normalize_actions
+from agent.gym_trainer import GymRun, TrainGymError, reward_kind_warning, train_gym
+from agent.metrics import read_metrics
+from franka_rl.cli import main
+
+TINY = ["agent.network.critic_hidden_dims=[32,32]", "agent.network.actor_hidden_dims=[32,32]",
+        "agent.sac.batch_size=32", "agent.sac.utd=2"]
+
+
+def tiny_config(**sections) -> AgentConfig:
+    cfg = AgentConfig()
+    cfg.network.critic_hidden_dims = [32, 32]
+    cfg.network.actor_hidden_dims = [32, 32]
+    cfg.network.num_critics = 2
+    cfg.sac.batch_size = 32
+    cfg.sac.utd = 2
+    cfg.sac.discount = 0.99
+    cfg.reward.scale, cfg.reward.bias, cfg.reward.sparse = 1.0, 0.0, False
+    cfg.encoder.proprio_dim = 0
+    for section, values in sections.items():
+        for key, value in values.items():
+            setattr(getattr(cfg, section), key, value)
+    return cfg
+
+
+def test_pendulum_actions_are_rescaled_to_the_env_bounds():
+    env = make_gym_env("Pendulum-v1", seed=0)
+    assert env.action_space.low.tolist() == [-1.0] and env.action_space.high.tolist() == [1.0]
+    obs, _ = env.reset(seed=0)
+    assert set(obs) == {"state"} and obs["state"].shape == (3,) and obs["state"].dtype == np.float32
+    env.step(np.array([1.0], np.float32))
+    assert env.unwrapped.last_u == pytest.approx(2.0)  # Pendulum's torque limit
+    env.step(np.array([-0.5], np.float32))
+    assert env.unwrapped.last_u == pytest.approx(-1.0)
+    assert normalize_actions(np.array([[2.0], [-1.0], [0.0]]), env.unwrapped.action_space).ravel().tolist() == \
+        [1.0, -0.5, 0.0]
+
+
+def test_dict_observations_keep_images_and_concatenate_the_rest_in_key_order():
+    space = gym.spaces.Dict({
+        "velocity": gym.spaces.Box(-1, 1, (2,), np.float32),
+        "camera": gym.spaces.Box(0, 255, (8, 8, 3), np.uint8),
+        "angle": gym.spaces.Box(-1, 1, (1, 1), np.float64),
+    })
+    obs = {"velocity": np.array([[1.0, 2.0]]), "camera": np.zeros((1, 8, 8, 3), np.uint8), "angle": np.array([[[3.0]]])}
+    out = agent_observations(obs, space, batch_dims=1)
+    assert set(out) == {"state", "camera"}
+    np.testing.assert_array_equal(out["state"], [[3.0, 1.0, 2.0]])  # angle before velocity
+    assert out["state"].dtype == np.float32 and out["camera"].dtype == np.uint8
+
+
+def test_discrete_actions_are_refused_with_one_line():
+    with pytest.raises(GymEnvError, match="continuous actions"):
+        make_gym_env("CartPole-v1")
+
+
+def _buffer_with(reward: float, episodes: int = 2, steps: int = 5) -> ReplayBuffer:
+    buffer = ReplayBuffer({"state": ((2,), np.float32)}, 1, 64, reward_scale=2.0, reward_bias=-1.0,
+                          discount=0.9, sparse_reward=False)
+    for _ in range(episodes):
+        buffer.add_episode({"state": np.zeros((steps + 1, 2), np.float32)}, np.zeros((steps, 1)),
+                           np.full(steps, reward), np.zeros(steps), np.eye(1, steps, steps - 1)[0])
+    return buffer
+
+
+def test_agent_batches_carry_raw_rewards_so_the_update_shapes_them_once():
+    buffer = _buffer_with(reward=1.0)
+    batch = buffer.sample(4, np.random.default_rng(0))
+    assert np.all(batch["rewards"] == 1.0) and np.all(batch["raw_rewards"] == 1.0)  # 2 * 1 - 1 == 1
+    buffer = _buffer_with(reward=3.0)
+    agent_batch = to_agent_batch(buffer.sample(4, np.random.default_rng(0)))
+    np.testing.assert_array_equal(agent_batch["rewards"], 3.0)  # raw, not 2 * 3 - 1
+    assert set(agent_batch) == {"observations", "next_observations", "actions", "rewards", "masks", "mc_returns"}
+
+
+def test_rlpd_mixing_takes_the_offline_share_of_every_utd_batch():
+    online, offline = _buffer_with(reward=0.0), _buffer_with(reward=1.0)
+    rng = np.random.default_rng(0)
+    batches = sample_batches(online, offline, rng, batch_size=8, groups=3, offline_ratio=0.25)
+    assert batches["rewards"].shape == (3, 8) and batches["observations"]["state"].shape == (3, 8, 2)
+    np.testing.assert_array_equal(batches["rewards"], np.tile([1, 1, 0, 0, 0, 0, 0, 0], (3, 1)))
+    only_online = sample_batches(online, offline, rng, batch_size=8, groups=2, offline_ratio=0.0)
+    assert np.all(only_online["rewards"] == 0.0)
+    empty_online = ReplayBuffer({"state": ((2,), np.float32)}, 1, 16)
+    assert np.all(sample_batches(empty_online, offline, rng, 8, 1, 0.5)["rewards"] == 1.0)
+
+
+def test_reward_kind_warning_for_dense_rewards_under_the_sparse_rule():
+    assert reward_kind_warning(np.array([-3.2, -0.1]), sparse=True) is not None
+    assert reward_kind_warning(np.array([0.0, 1.0]), sparse=True) is None
+    assert reward_kind_warning(np.array([-3.2, -0.1]), sparse=False) is None
+
+
+def test_train_gym_cli_on_pendulum_writes_metrics_checkpoint_and_curve(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train-gym", "--env", "Pendulum-v1", "--max-episode-steps", "50", "--steps", "150",
+                 "--random-steps", "50", "--eval-every", "75", "--eval-episodes", "1", "--log-every", "50",
+                 "--no-progress", "--out", str(out), *TINY])
+    assert code == 0
+    assert "final evaluation return" in capsys.readouterr().out
+    rows = read_metrics(out / "metrics.jsonl")
+    evals = [r for r in rows if "eval/return_mean" in r]
+    assert [r["step"] for r in evals] == [75, 150]
+    assert all(np.isfinite(r["eval/return_mean"]) and -1000 < r["eval/return_mean"] <= 0 for r in evals)
+    train = [r for r in rows if "train/critic_loss" in r]
+    assert [r["step"] for r in train] == [50, 100, 150] and all(np.isfinite(r["train/critic_loss"]) for r in train)
+    assert any("train_episode/return" in r for r in rows)
+    png = (out / "learning_curve.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["env_steps"] == 150 and summary["final_eval"]["step"] == 150
+    assert "agent.sac.discount" not in (out / "config.yaml").read_text()
+    assert "discount: 0.99" in (out / "config.yaml").read_text()
+
+    # The checkpoint restores into an agent built from the run's settings (2 critics, 32-wide).
+    assert AgentCheckpointer(out / "checkpoints").all_steps() == [150]
+    template = create_agent(tiny_config(), {"state": np.zeros(3, np.float32)}, 1, seed=5)
+    restored, extra = restore_agent(out / "checkpoints", template)
+    assert extra["env_steps"] == 150 and extra["algo"] == "sac"
+    assert not np.array_equal(np.asarray(restored.actor.params["mean"]["kernel"]),
+                              np.asarray(template.actor.params["mean"]["kernel"]))
+
+    # Running again into the same directory would overwrite the run: refused.
+    assert main(["train-gym", "--env", "Pendulum-v1", "--steps", "10", "--out", str(out)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+
+def test_bad_env_id_is_one_line_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "never"
+    assert main(["train-gym", "--env", "NoSuchEnv-v9", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "NoSuchEnv-v9" in err and "Traceback" not in err
+    assert not out.exists()
+    assert main(["train-gym", "--env", "Pendulum-v1", "--out", str(out), "agent.sac.no_such_key=1"]) == 2
+    assert "no_such_key" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def _random_pendulum_episodes(directory, episodes: int, seed: int = 0) -> None:
+    """Episodes in Pendulum's own units (actions in [-2, 2]), as a recorder would store them."""
+    env = gym.make("Pendulum-v1")
+    store = EpisodeStore(directory, create=True)
+    rng = np.random.default_rng(seed)
+    for index in range(episodes):
+        obs, _ = env.reset(seed=seed + index)
+        observations, actions, rewards = [obs], [], []
+        done = False
+        while not done:
+            action = rng.uniform(-2, 2, 1).astype(np.float32)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            observations.append(obs)
+            actions.append(action)
+            rewards.append(reward)
+            done = terminated or truncated
+        steps = len(actions)
+        store.write(Episode(
+            observations={"state": np.asarray(observations, np.float32)}, actions=np.asarray(actions),
+            rewards=np.asarray(rewards, np.float32), terminated=np.zeros(steps, bool),
+            truncated=np.eye(1, steps, steps - 1, dtype=bool)[0], intervened=np.zeros(steps, bool),
+            metadata=make_metadata(task="Pendulum-v1", source="policy"),
+        ))
+
+
+def test_offline_calql_then_wsrl_fine_tuning(tmp_path):
+    data = tmp_path / "episodes"
+    _random_pendulum_episodes(data, episodes=2)
+    cfg = tiny_config(cql={"enabled": True, "calql_bound": True, "n_actions": 2}, online={"warmup_steps": 50},
+                      sac={"utd": 1})
+    run = GymRun(env_id="Pendulum-v1", run_dir=tmp_path / "run", algo="calql", env_steps=100,
+                 offline_data=str(data), offline_steps=40, eval_every=20, eval_episodes=1, log_every=20,
+                 max_episode_steps=20, progress=False)
+    summary = train_gym(run, cfg, seed=0, log=lambda message: None)
+    rows = read_metrics(run.run_dir / "metrics.jsonl")
+    offline = [r for r in rows if "offline/critic_loss" in r]
+    assert [r["step"] for r in offline] == [20, 40]
+    # Cal-QL ran with its bound on the offline data's (dense) MC returns.
+    assert all(np.isfinite(r["offline/cql_penalty"]) and 0 <= r["offline/calql_bound_rate"] <= 1 for r in offline)
+    assert all(r["offline/mc_return"] < -10 for r in offline)  # a real dense return, not the 0 failure value
+    assert [r["step"] for r in rows if "offline_eval/return_mean" in r] == [20, 40]
+    # WSRL: no updates during the 50 warm-up steps, then SAC without the CQL term.
+    train = [r for r in rows if "train/critic_loss" in r]
+    assert [r["step"] for r in train] == [60, 80, 100]
+    assert not any("train/cql_penalty" in r for r in train)
+    assert summary["offline_steps"] == 40 and summary["env_steps"] == 100
+    steps = AgentCheckpointer(run.run_dir / "checkpoints").all_steps()
+    assert steps == [40, 140]
+    assert (run.run_dir / "learning_curve.png").stat().st_size > 5000
+
+
+def test_offline_data_that_does_not_fit_the_env_is_refused(tmp_path):
+    data = tmp_path / "episodes"
+    _random_pendulum_episodes(data, episodes=1)
+    cfg = tiny_config(cql={"enabled": True})
+    run = GymRun(env_id="MountainCarContinuous-v0", run_dir=tmp_path / "run", algo="calql", env_steps=0,
+                 offline_data=str(data), offline_steps=5, progress=False)
+    with pytest.raises(TrainGymError, match="another env"):
+        train_gym(run, cfg, log=lambda message: None)
+    missing = GymRun(env_id="Pendulum-v1", run_dir=tmp_path / "run2", algo="calql", env_steps=0,
+                     offline_data="nobody/nothing-v0", offline_steps=5, progress=False)
+    with pytest.raises(TrainGymError, match="Minari"):
+        train_gym(missing, cfg, log=lambda message: None)
+    rlpd_without_ratio = GymRun(env_id="Pendulum-v1", run_dir=tmp_path / "run3", algo="sac",
+                                offline_data=str(data), progress=False)
+    with pytest.raises(TrainGymError, match="offline_ratio"):
+        train_gym(rlpd_without_ratio, tiny_config(), log=lambda message: None)
