@@ -145,7 +145,10 @@ class FrankaEnv(gym.Env):
             lift[2] = self._reset_position[2]
             self.robot.move_to(lift, state.tcp_quat)
 
-        start_position, start_quat = self._sample_reset_pose()
+        # options={"reset_offset": (dx, dy, dz, dyaw)} places the start exactly (metres, radians
+        # from task.reset_pose), e.g. for evaluations spread evenly over the reset range.
+        offset = (options or {}).get("reset_offset")
+        start_position, start_quat = self._sample_reset_pose(offset)
         self.robot.move_to(start_position, start_quat)
         self.robot.set_impedance(self.env_cfg.compliant)
         self.robot.set_gripper(closed=self.task.fixed_gripper_closed)
@@ -211,10 +214,17 @@ class FrankaEnv(gym.Env):
 
     # ------------------------------------------------------------------ internals
 
-    def _sample_reset_pose(self) -> tuple[np.ndarray, np.ndarray]:
-        noise = np.asarray(self.task.reset_position_noise, dtype=np.float64)
-        position = self._reset_position + self.np_random.uniform(-noise, noise)
-        yaw = self.np_random.uniform(-self.task.reset_yaw_noise, self.task.reset_yaw_noise)
+    def _sample_reset_pose(self, offset: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        if offset is None:
+            noise = np.asarray(self.task.reset_position_noise, dtype=np.float64)
+            position = self._reset_position + self.np_random.uniform(-noise, noise)
+            yaw = self.np_random.uniform(-self.task.reset_yaw_noise, self.task.reset_yaw_noise)
+        else:
+            offset = np.asarray(offset, dtype=np.float64).reshape(-1)
+            if offset.shape != (4,):
+                raise ValueError(f"reset_offset must be (dx, dy, dz, dyaw), got shape {offset.shape}")
+            position = self._reset_position + offset[:3]
+            yaw = float(offset[3])
         quat = (yaw_rotation(yaw) * self._reset_rotation).as_quat()
         position, quat, _ = self.safety_box.clip(position, quat)
         return position, quat

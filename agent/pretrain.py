@@ -1,0 +1,287 @@
+"""Offline pre-training (Cal-QL, CQL, or any preset with `agent.cql.enabled`) on recorded data.
+
+    dataset = load_offline_episodes(["runs/demos", "minari:franka/peg-v0", "old.pkl"], trust_pickle=True)
+    summary = pretrain(cfg.agent, cfg.pretrain, dataset, "runs/pretrain", seed=0)
+
+A run folder holds `checkpoints/<step>/` (orbax, atomic; what `agent.wsrl.start_online_from_checkpoint`
+restores one-to-one), `metrics.jsonl` + `tensorboard/`, `calibration.png` (Q against the
+Monte-Carlo return on held-out episodes) and `summary.json`. A run started again in the same
+folder resumes from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from agent.batches import to_agent_batch
+from agent.calibration import calibration_points, calibration_summary, plot_calibration
+from agent.checkpoint import AgentCheckpointer
+from agent.config import AgentConfig
+from agent.core import Agent, agent_encode_frames, create_agent, replace_spec, uses_feature_cache
+from agent.data.episodes import CorruptEpisodeError, Episode, EpisodeStore, load_episode
+from agent.data.replay_buffer import ReplayBuffer
+from agent.metrics import MetricsWriter
+from agent.offline_config import PretrainConfig
+from agent.sac import learner_step, stack_batches
+
+MINARI_PREFIX = "minari:"
+PICKLE_SUFFIXES = (".pkl", ".pickle")
+
+
+class DatasetError(ValueError):
+    """Offline data that cannot be used (missing, unreadable, inconsistent); says what to do."""
+
+
+class PretrainError(ValueError):
+    """A pre-training setting that cannot work; names the key."""
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+@dataclass
+class OfflineDataset:
+    """Episodes from one or more sources, in the order given, and the files that were skipped."""
+
+    episodes: list[Episode]
+    sources: list[str]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def transitions(self) -> int:
+        return sum(len(e) for e in self.episodes)
+
+    @property
+    def successes(self) -> int:
+        return sum(e.success for e in self.episodes)
+
+
+def load_offline_episodes(paths: Sequence[str], *, trust_pickle: bool = False,
+                          report: Callable[[str], None] = _warn) -> OfflineDataset:
+    """Episodes from episode directories, single episode files, SERL pickles (`*.pkl`, only with
+    `trust_pickle`: unpickling runs code) and local Minari datasets (`minari:<dataset id>`).
+
+    Corrupt episode files are reported, listed in `skipped` and left out; a source that cannot be
+    read at all is a DatasetError."""
+    episodes: list[Episode] = []
+    skipped: list[tuple[str, str]] = []
+    for source in paths:
+        found = _load_source(str(source), trust_pickle, report, skipped)
+        episodes.extend(e for e in found if len(e) > 0)
+    if not episodes:
+        raise DatasetError(f"no usable episodes in {', '.join(map(str, paths))}: record demos first "
+                           "(franka-rl record-demos) or check the paths")
+    keys = sorted(episodes[0].observations)
+    for episode in episodes:
+        if sorted(episode.observations) != keys or episode.actions.shape[1] != episodes[0].actions.shape[1]:
+            origin = episode.metadata.get("imported_from") or episode.metadata.get("task", "?")
+            raise DatasetError(
+                f"episodes disagree: observation keys {sorted(episode.observations)} / action dim "
+                f"{episode.actions.shape[1]} (from {origin}) vs {keys} / {episodes[0].actions.shape[1]}; "
+                "pre-train on data recorded with one env config"
+            )
+    return OfflineDataset(episodes, [str(p) for p in paths], skipped)
+
+
+def _load_source(source: str, trust_pickle: bool, report: Callable[[str], None],
+                 skipped: list[tuple[str, str]]) -> list[Episode]:
+    if source.startswith(MINARI_PREFIX):
+        from agent.data.minari_io import MinariError, import_minari
+
+        try:
+            return list(import_minari(source[len(MINARI_PREFIX):]))
+        except MinariError as exc:
+            raise DatasetError(str(exc)) from None
+    path = Path(source)
+    if not path.exists():
+        raise DatasetError(f"data path {path} does not exist (give episode directories, episode files, "
+                           f"SERL *.pkl files or {MINARI_PREFIX}<dataset id>)")
+    if path.is_dir():
+        store = EpisodeStore(path, report=report)
+        episodes = list(store.episodes())
+        skipped.extend((str(p), reason) for p, reason in store.skipped)
+        return episodes
+    if path.suffix in PICKLE_SUFFIXES:
+        from agent.data.serl import PICKLE_WARNING, SerlImportError, load_serl_pickle, serl_transitions_to_episodes
+
+        if not trust_pickle:
+            raise DatasetError(f"{path} is a pickle. {PICKLE_WARNING}; pass --trust-pickle to load it")
+        try:
+            return serl_transitions_to_episodes(load_serl_pickle(path, trusted=True), origin=str(path))
+        except SerlImportError as exc:
+            raise DatasetError(str(exc)) from None
+    try:
+        return [load_episode(path)]
+    except CorruptEpisodeError as exc:
+        skipped.append((str(path), exc.reason))
+        report(f"skipping {exc}")
+        return []
+
+
+def split_holdout(episodes: Sequence[Episode], count: int) -> tuple[list[Episode], list[Episode]]:
+    """(training, held out): `count` episodes evenly spaced through the recorded order are held out,
+    never all of them (at least one episode trains)."""
+    count = max(0, min(count, len(episodes) - 1))
+    if count == 0:
+        return list(episodes), []
+    held = set(np.linspace(0, len(episodes) - 1, count + 2)[1:-1].round().astype(int).tolist())
+    while len(held) < count:  # rounding collisions on short lists
+        held.add(next(i for i in range(len(episodes)) if i not in held))
+    return ([e for i, e in enumerate(episodes) if i not in held],
+            [e for i, e in enumerate(episodes) if i in held])
+
+
+def build_buffer(episodes: Sequence[Episode], cfg: AgentConfig, capacity: int = 0,
+                 agent: Agent | None = None) -> ReplayBuffer:
+    """A replay buffer of `episodes` with MC returns on the agent's shaped reward; with a frozen,
+    un-augmented image backbone every frame is encoded once into the feature cache."""
+    capacity = capacity or sum(len(e) + 1 for e in episodes)
+    buffer = ReplayBuffer.from_episodes(
+        episodes, capacity, reward_scale=cfg.reward.scale, reward_bias=cfg.reward.bias,
+        discount=cfg.sac.discount, sparse_reward=cfg.reward.sparse,
+        feature_keys=agent.spec.image_keys if agent is not None else None,
+    )
+    if agent is not None and uses_feature_cache(agent):
+        buffer.set_feature_fn(lambda frames: np.asarray(agent_encode_frames(agent, frames)))
+    return buffer
+
+
+def validate_pretrain_config(cfg: AgentConfig, pcfg: PretrainConfig) -> None:
+    checks = [
+        (cfg.cql.enabled, "pre-training needs agent.cql.enabled=true: use --preset wsrl (Cal-QL), cql or "
+                          "calql_finetune (rlpd trains from scratch online and has nothing to pre-train)"),
+        (pcfg.steps >= 1, "pretrain.steps must be >= 1"),
+        (pcfg.utd >= 1, "pretrain.utd must be >= 1"),
+        (pcfg.holdout_episodes >= 0, "pretrain.holdout_episodes must be >= 0"),
+        (pcfg.log_every >= 1, "pretrain.log_every must be >= 1"),
+        (pcfg.checkpoint_every >= 1, "pretrain.checkpoint_every must be >= 1"),
+        (pcfg.keep_checkpoints >= 1, "pretrain.keep_checkpoints must be >= 1"),
+        (pcfg.buffer_capacity >= 0, "pretrain.buffer_capacity must be >= 0 (0 = fit the dataset)"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise PretrainError(message)
+
+
+def example_observation(episode: Episode) -> dict[str, np.ndarray]:
+    return {k: v[0] for k, v in episode.observations.items()}
+
+
+def _host_metrics(metrics: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def pretrain(
+    cfg: AgentConfig,
+    pcfg: PretrainConfig,
+    dataset: OfflineDataset,
+    run_dir: str | Path,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+    run_info: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) pre-training into `run_dir`; returns the summary also written to summary.json."""
+    from tqdm import tqdm
+
+    validate_pretrain_config(cfg, pcfg)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    train, held_out = split_holdout(dataset.episodes, pcfg.holdout_episodes)
+    action_dim = int(train[0].actions.shape[1])
+    agent = create_agent(cfg, example_observation(train[0]), action_dim, seed=seed)
+    agent = replace_spec(agent, utd=int(pcfg.utd))
+
+    checkpointer = AgentCheckpointer(run_dir / "checkpoints", max_to_keep=pcfg.keep_checkpoints)
+    start = checkpointer.latest_step() or 0
+    if start:
+        agent, _ = checkpointer.restore(agent, start, cfg)
+        print(f"resuming from {checkpointer.directory}/{start}", file=sys.stderr)
+    buffer = build_buffer(train, cfg, pcfg.buffer_capacity, agent)
+    rng = np.random.default_rng(seed + start)
+    batch_size = int(cfg.sac.batch_size)
+    bootstrap = bool(cfg.reward.bootstrap_on_truncation)
+    frames = not buffer.has_features
+
+    def next_batches():
+        return stack_batches([to_agent_batch(buffer.sample(batch_size, rng, frames=frames),
+                                             bootstrap_on_truncation=bootstrap) for _ in range(pcfg.utd)])
+
+    extra = {"phase": "pretrain", "agent_preset": (run_info or {}).get("agent_preset", ""),
+             "data": dataset.sources}
+    calibration_set = held_out or train[: max(1, pcfg.holdout_episodes)]
+    last_metrics: dict[str, float] = {}
+    interrupted = False
+    started = time.monotonic()
+    step = start
+    with MetricsWriter(run_dir) as writer:
+        bar = tqdm(total=pcfg.steps, initial=start, desc="pretrain", unit="step", disable=not progress,
+                   dynamic_ncols=True)
+        window_start, window_steps = time.monotonic(), 0
+        try:
+            while step < pcfg.steps:
+                agent, metrics = learner_step(agent, next_batches())
+                step += 1
+                window_steps += 1
+                bar.update(1)
+                if step % pcfg.log_every == 0 or step == pcfg.steps:
+                    last_metrics = _host_metrics(metrics)
+                    now = time.monotonic()
+                    last_metrics["steps_per_s"] = window_steps / max(now - window_start, 1e-9)
+                    window_start, window_steps = now, 0
+                    writer.log(step, last_metrics, prefix="pretrain")
+                    bar.set_postfix(critic=f"{last_metrics['critic_loss']:.3g}",
+                                    cql_diff=f"{last_metrics.get('cql_diff', float('nan')):.3g}",
+                                    q_minus_g=f"{last_metrics.get('q_minus_mc', float('nan')):+.3g}")
+                if step % pcfg.checkpoint_every == 0 and step < pcfg.steps:
+                    checkpointer.save(step, agent, cfg, {**extra, "pretrain_step": step})
+                    q, g = calibration_points(agent, calibration_set, cfg.reward.sparse)
+                    writer.log(step, calibration_summary(q, g), prefix="calibration")
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            bar.close()
+        checkpoint_path = checkpointer.save(step, agent, cfg, {**extra, "pretrain_step": step})
+        q, g = calibration_points(agent, calibration_set, cfg.reward.sparse)
+        calibration = calibration_summary(q, g)
+        writer.log(step, calibration, prefix="calibration")
+    label = "Cal-QL" if cfg.cql.calql_bound else "CQL"
+    plot = plot_calibration({label: (q, g)}, run_dir / "calibration.png", episodes_to_show=pcfg.plot_episodes,
+                            title=f"{label} after {step} steps ({'held-out' if held_out else 'training'} episodes)")
+    elapsed = time.monotonic() - started
+    summary = {
+        "steps": step,
+        "target_steps": pcfg.steps,
+        "interrupted": interrupted,
+        "elapsed_s": elapsed,
+        "steps_per_s": (step - start) / max(elapsed, 1e-9),
+        "algorithm": label,
+        **(run_info or {}),
+        "data": {
+            "sources": dataset.sources,
+            "episodes": len(dataset.episodes),
+            "transitions": dataset.transitions,
+            "successes": dataset.successes,
+            "train_episodes": len(train),
+            "held_out_episodes": len(held_out),
+            "skipped_files": [{"path": p, "reason": r} for p, r in dataset.skipped],
+            "feature_cache": buffer.has_features,
+        },
+        "final_metrics": last_metrics,
+        "calibration_on": "held-out" if held_out else "training",
+        "calibration": calibration,
+        "checkpoint": str(checkpoint_path),
+        "calibration_plot": str(plot),
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

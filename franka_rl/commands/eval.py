@@ -1,0 +1,135 @@
+"""`franka-rl eval`: run a checkpoint's policy from spread initial poses; see agent/evaluation.py."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from franka_rl.cli import UserError, add_config_arguments, register_user_error
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="evaluate a checkpoint: success rate from spread initial poses, video, contact sheet",
+        description=(
+            "Load an agent checkpoint (a pretrain or learner run folder, or its checkpoints/ folder), "
+            "run eval.episodes episodes with the deterministic policy (agent.sac.deterministic_eval) "
+            "from initial poses spread over the reset range (eval.spread: lhs = seeded Latin hypercube "
+            "over x, y, z, yaw; random = the env's sampling), and write results.json, a video, a "
+            "contact sheet and the episodes (source 'eval'). The agent config (preset and overrides) "
+            "must be the one the checkpoint was trained with."
+        ),
+        epilog=(
+            "examples:\n"
+            "  franka-rl eval --checkpoint runs/pretrain --episodes 20\n"
+            "  franka-rl eval --checkpoint runs/learner --preset cql env.cameras=[] --out runs/eval_cql"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_arguments(parser)
+    parser.add_argument("--checkpoint", required=True, help="run folder or checkpoint folder")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    parser.add_argument("--episodes", type=int, default=None, help="episodes (eval.episodes, default 20)")
+    parser.add_argument("--out", default=None, help="output folder (default: <checkpoint run>/eval)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=run)
+
+
+def checkpoint_directory(path: Path) -> Path:
+    """A run folder holds `checkpoints/`; a checkpoint folder holds numbered steps."""
+    if (path / "checkpoints").is_dir():
+        return path / "checkpoints"
+    if path.is_dir():
+        return path
+    raise UserError(f"checkpoint folder {path} does not exist: give a pretrain/learner run folder "
+                    "or its checkpoints/ folder")
+
+
+def build_env(cfg, render: bool):
+    """The twin in sim mode (the overview camera renders when there are no wrist cameras), the arm in real mode."""
+    if cfg.mode == "sim":
+        import sim
+
+        return sim.make_env(cfg, render_mode="rgb_array" if render else None)
+    from robot_env.real import make_real_env
+
+    return make_real_env(cfg)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from agent.checkpoint import AgentCheckpointer, CheckpointError
+    from agent.config import AgentConfigError
+    from agent.core import create_agent
+    from agent.data.episodes import EpisodeStore, make_metadata
+    from agent.evaluation import contact_sheet_rows, evaluate, policy_fn, spread_reset_offsets
+    from franka_rl.config import config_hash, load_config
+    from robot_env.media import contact_sheet, save_png, write_video
+
+    for error in (CheckpointError, AgentConfigError):
+        register_user_error(error)
+    overrides = list(args.overrides)
+    if args.episodes is not None:
+        overrides.append(f"eval.episodes={args.episodes}")
+    cfg = load_config(args.config, overrides)
+    if cfg.eval.episodes < 1:
+        raise UserError("eval.episodes must be at least 1")
+    try:
+        offsets = spread_reset_offsets(cfg.eval.episodes, cfg.task, cfg.seed, cfg.eval.spread)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    checkpoints = checkpoint_directory(Path(args.checkpoint))
+    out = Path(args.out) if args.out else checkpoints.parent / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+
+    cameras = list(cfg.env.cameras)
+    env = build_env(cfg, render=not cameras and cfg.eval.video_episodes > 0)
+    try:
+        observation, _ = env.reset(seed=cfg.seed)
+        template = create_agent(cfg.agent, observation, int(np.prod(env.action_space.shape)), seed=cfg.seed)
+        checkpointer = AgentCheckpointer(checkpoints, max_to_keep=None)
+        agent, _ = checkpointer.restore(template, args.step, cfg.agent)
+        step = args.step if args.step is not None else checkpointer.latest_step()
+        store = EpisodeStore(out / "episodes", create=True)
+        base = {"task": cfg.task.name, "source": "eval", "config_hash": config_hash(cfg), "mode": cfg.mode,
+                "checkpoint": str(checkpoints), "checkpoint_step": step, "cameras": cameras}
+
+        def metadata(index, offset):
+            return make_metadata(**base, seed=cfg.seed + index,
+                                 reset_offset=None if offset is None else [float(x) for x in offset])
+
+        deterministic = bool(cfg.agent.sac.deterministic_eval)
+        result = evaluate(env, policy_fn(agent, deterministic, cfg.seed), offsets, episodes=cfg.eval.episodes,
+                          seed=cfg.seed, store=store, metadata=metadata, video_episodes=cfg.eval.video_episodes,
+                          cameras=cameras, progress=not args.no_progress)
+    finally:
+        env.close()
+
+    results = {
+        **result.summary(),
+        "checkpoint": str(checkpoints),
+        "checkpoint_step": step,
+        "deterministic": deterministic,
+        "spread": cfg.eval.spread,
+        "episodes_dir": str(out / "episodes"),
+        "agent_preset": cfg.agent_preset,
+        "config": args.config or "configs/peg_insertion_sim.yaml",
+        "overrides": overrides,
+    }
+    if result.videos:
+        frames = [frame for episode in result.videos for frame in episode]
+        results["video"] = str(write_video(out / "eval.mp4", frames, fps=cfg.env.control_hz))
+        rows, labels = contact_sheet_rows(result)
+        results["contact_sheet"] = str(save_png(out / "contact_sheet.png", contact_sheet(rows, labels)))
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"success: {result.successes}/{len(result.outcomes)} = {result.success_rate:.0%}, "
+          f"mean length {results['mean_length']:.1f} steps ({'deterministic' if deterministic else 'stochastic'} "
+          f"policy, {cfg.eval.spread} spread, checkpoint step {step})")
+    for key in ("video", "contact_sheet"):
+        if key in results:
+            print(f"{key.replace('_', ' ')}: {results[key]}")
+    print(f"results: {out / 'results.json'}")
+    return 0

@@ -1,0 +1,91 @@
+"""`franka-rl pretrain`: offline Cal-QL (or CQL, ...) on recorded episodes; see agent/pretrain.py."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from franka_rl.cli import UserError, add_config_arguments, register_user_error
+
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w]*(\.[\w]+)*=")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "pretrain",
+        help="offline pre-training (Cal-QL by default) on recorded episodes, SERL pickles or Minari data",
+        description=(
+            "Pre-train the agent offline with the CQL penalty (Cal-QL with the wsrl preset, the default; "
+            "plain CQL with --preset cql) on recorded data, holding out pretrain.holdout_episodes "
+            "episodes to check calibration. Writes checkpoints/ (restored one-to-one by the online "
+            "learner), metrics.jsonl + tensorboard/, calibration.png and summary.json. Run it again "
+            "with the same --out to resume from the latest checkpoint."
+        ),
+        epilog=(
+            "data sources: episode directories, single episode files, SERL/HIL-SERL transition pickles "
+            "(*.pkl, with --trust-pickle), local Minari datasets (minari:<dataset id>). KEY=VALUE overrides "
+            "may follow --data: an item that is not an existing path and looks like key=value is one.\n"
+            "examples:\n"
+            "  franka-rl pretrain --data runs/demos --out runs/pretrain\n"
+            "  franka-rl pretrain --preset cql --data runs/demos runs/old_run/episodes --steps 50000\n"
+            "  franka-rl pretrain --data minari:franka/peg-demos-v0 serl_demos.pkl --trust-pickle "
+            "agent.sac.batch_size=128"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_arguments(parser)
+    parser.add_argument("--data", nargs="+", action="extend", required=True, metavar="PATH",
+                        help="episode directories/files, SERL *.pkl, or minari:<id> (loaded in this order)")
+    parser.add_argument("--out", default=None, help="run folder (default: <output_dir>/pretrain)")
+    parser.add_argument("--steps", type=int, default=None, help="gradient steps (pretrain.steps, default 200000)")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="allow loading SERL pickles: unpickling runs code, so only files you trust")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    parser.set_defaults(handler=run)
+
+
+def split_data_and_overrides(items: list[str]) -> tuple[list[str], list[str]]:
+    """`--data a b key=value` collects the trailing overrides too: give them back to the overrides."""
+    data, overrides = [], []
+    for item in items:
+        is_override = _OVERRIDE.match(item) and not item.startswith("minari:") and not Path(item).exists()
+        (overrides if is_override else data).append(item)
+    return data, overrides
+
+
+def run(args: argparse.Namespace) -> int:
+    from agent.checkpoint import CheckpointError
+    from agent.config import AgentConfigError
+    from agent.pretrain import DatasetError, PretrainError, load_offline_episodes, pretrain
+    from franka_rl.config import config_hash, load_config
+
+    for error in (DatasetError, PretrainError, AgentConfigError, CheckpointError):
+        register_user_error(error)
+    data, extra_overrides = split_data_and_overrides(args.data)
+    if not data:
+        raise UserError("--data needs at least one episode directory, episode file, *.pkl or minari:<id>")
+    overrides = [*args.overrides, *extra_overrides]
+    if args.steps is not None:
+        overrides.append(f"pretrain.steps={args.steps}")
+    cfg = load_config(args.config, overrides, default_preset="wsrl")
+    out = Path(args.out) if args.out else Path(cfg.output_dir) / "pretrain"
+
+    dataset = load_offline_episodes(data, trust_pickle=args.trust_pickle)
+    skipped = f", skipped {len(dataset.skipped)} corrupt file(s)" if dataset.skipped else ""
+    print(f"data: {len(dataset.episodes)} episodes, {dataset.transitions} transitions, "
+          f"{dataset.successes} successful{skipped}")
+    run_info = {"agent_preset": cfg.agent_preset, "config": args.config or "configs/peg_insertion_sim.yaml",
+                "overrides": overrides, "config_hash": config_hash(cfg), "seed": cfg.seed}
+    summary = pretrain(cfg.agent, cfg.pretrain, dataset, out, seed=cfg.seed, progress=not args.no_progress,
+                       run_info=run_info)
+    calibration = summary["calibration"]
+    print(f"{summary['algorithm']} ({cfg.agent_preset}): {summary['steps']} steps in {summary['elapsed_s']:.0f} s "
+          f"({summary['steps_per_s']:.0f} steps/s)" + (" (interrupted)" if summary["interrupted"] else ""))
+    print(f"calibration on {calibration.get('points', 0)} {summary['calibration_on']} steps: "
+          f"mean Q - G = {calibration.get('mean_q_minus_g', float('nan')):+.2f}, "
+          f"Q >= G at {calibration.get('fraction_q_above_g', float('nan')):.0%}")
+    print(f"checkpoint: {summary['checkpoint']}")
+    print(f"calibration plot: {summary['calibration_plot']}")
+    print(f"summary: {out / 'summary.json'}")
+    return 130 if summary["interrupted"] else 0
