@@ -109,3 +109,37 @@ def test_dense_task_failure_rule_not_applied():
         np.array([0.5, 0.0]), np.array([0, 0]), np.array([0, 1]), scale=1.0, bias=0.0, discount=GAMMA, sparse=False
     )
     np.testing.assert_allclose(g, [0.5, 0.0])
+
+
+def test_episode_files_load_in_recorded_order_with_their_own_returns(tmp_path):
+    """Files numbered past 999999 sort after 999999 (numerically, not by name), and each
+    episode's G comes from its own rewards: a success, a failure, then a truncated success."""
+    from agent.data import EpisodeStore, ReplayBuffer
+    from agent.data.episodes import write_episode_file
+    from agent.data.synthetic import synthetic_episode
+
+    rng = np.random.default_rng(0)
+    recorded = [synthetic_episode(rng, 3, cameras=(), success=True, episode_index=0),
+                synthetic_episode(rng, 4, cameras=(), success=False, episode_index=1),
+                synthetic_episode(rng, 2, cameras=(), success=True, episode_index=2)]
+    recorded[2].terminated[:] = False
+    recorded[2].truncated[-1] = True  # reached the goal on the time limit's last step
+    for number, episode in zip((999_999, 1_000_000, 1_000_001), recorded, strict=True):
+        write_episode_file(episode, tmp_path / f"episode_{number:06d}.npz")
+    assert sorted(p.name for p in tmp_path.iterdir())[0] == "episode_1000000.npz"  # name order differs
+
+    store = EpisodeStore(tmp_path)
+    assert [p.name for p in store.paths()] == ["episode_999999.npz", "episode_1000000.npz", "episode_1000001.npz"]
+    buffer = ReplayBuffer.from_store(tmp_path, 64, reward_scale=1.0, reward_bias=-1.0, discount=GAMMA)
+    batch = buffer.all_transitions()
+    np.testing.assert_array_equal(batch["episode_ids"], batch["observations"]["state"][:, 0])  # loaded in order
+    by_episode = {e: batch["mc_returns"][batch["episode_ids"] == e] for e in range(3)}
+    np.testing.assert_allclose(by_episode[0], [-1 - GAMMA, -1, 0], rtol=1e-6)
+    np.testing.assert_allclose(by_episode[1], np.full(4, -1 / (1 - GAMMA)), rtol=1e-6)
+    np.testing.assert_allclose(by_episode[2], [-1, 0], rtol=1e-6)
+    # The stream function gives the same G over the concatenated files.
+    g, valid = episode_mc_returns(
+        np.concatenate([e.rewards for e in recorded]), np.concatenate([e.terminated for e in recorded]),
+        np.concatenate([e.truncated for e in recorded]), scale=1.0, bias=-1.0, discount=GAMMA, sparse=True)
+    assert valid.all()
+    np.testing.assert_allclose(g, batch["mc_returns"], rtol=1e-6)
