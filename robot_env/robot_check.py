@@ -49,6 +49,7 @@ _CAMERA_MEASURE_S = 1.0
 # A camera passes at this fraction of the frame rate it was asked for.
 _MIN_FPS_FRACTION = 0.8
 _GRIPPER_TIMEOUT_S = 5.0
+_EMPTY_HAND_WIDTH_M = 0.005
 _RESET_MOVE_TIMEOUT_S = 60.0
 # The compliant probe: distance, how close it must get (the tracker's steady-state error under
 # friction is a few mm on hardware), how long each leg may take, how much room to keep to the box.
@@ -163,7 +164,8 @@ def _check_gripper(robot: FrankyRobot) -> CheckResult:
             "the hand in Desk (homing)",
         )
     width = robot.read_state().gripper_width
-    held = "holding something (the peg?)" if width > 0.001 else "closed fully: nothing in the hand"
+    # The fingers of an empty Franka Hand stop a millimetre or two apart.
+    held = "holding something (the peg?)" if width > _EMPTY_HAND_WIDTH_M else "closed on nothing: is the peg in the hand?"
     return CheckResult("gripper", PASS, f"grasped; fingers {width * 1000:.1f} mm apart, {held}")
 
 
@@ -342,7 +344,7 @@ def run_robot_check(
     try:
         hand = " and the Franka Hand" if use_gripper else ""
         record(CheckResult("connection", PASS, f"connected to the arm{hand} at {cfg.real.robot_ip}; libfranka accepted its version"))
-        state_ok = record(_check_state(robot, cfg)).status == PASS
+        state_ok = record(_guarded("state", lambda: _check_state(robot, cfg))).status == PASS
 
         if not use_gripper:
             reason = "--no-gripper" if cfg.real.gripper else "real.gripper is false"

@@ -116,6 +116,7 @@ def test_robot_check_passes_end_to_end_on_franky_sim_with_a_video_camera(peer, t
     assert not lines_with(result.stdout, "FAIL") and not lines_with(result.stdout, "SKIP")
     assert "libfranka 0." in passed["software"]
     assert "mode Idle" in passed["state"] and "hand protocol" in passed["state"]
+    assert "closed on nothing" in passed["gripper"]  # franky-sim's hand holds no peg
     assert "20 steps at 10 Hz" in passed["control loop"] and "p99" in passed["control loop"]
     assert passed["compliant move"].startswith("1 cm")
     snapshot = cv2.imread(str(snapshots / "wrist_1.png"))
