@@ -31,7 +31,6 @@ from agent.transport.protocol import (
     PROTOCOL_VERSION,
     Message,
     MessageType,
-    ObservationSpec,
     ProtocolError,
     TransitionChunk,
     decode,
@@ -75,6 +74,8 @@ class ActorClient:
         self.stored_through = 0
         self.durable_through = 0
         self.params_version = -1
+        # Whether the newest parameters are the frozen pre-trained policy of the WSRL warm-up.
+        self.learner_warmup = False
         self.reconnects = 0
         self._sequence = 0
         self._outbox: queue.Queue[tuple[int, int, list]] = queue.Queue()
@@ -335,3 +336,4 @@ class ActorClient:
         with self._params_lock:
             self._params = (version, decoded)
         self.params_version = version
+        self.learner_warmup = bool(message.fields.get("warmup", False))

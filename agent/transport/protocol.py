@@ -125,7 +125,7 @@ def decode(frames: Sequence[Any]) -> Message:
     if len(descriptors) != len(frames) - 1:
         raise ProtocolError(f"header describes {len(descriptors)} arrays but {len(frames) - 1} data frames came")
     arrays: dict[str, np.ndarray] = {}
-    for descriptor, frame in zip(descriptors, frames[1:]):
+    for descriptor, frame in zip(descriptors, frames[1:], strict=True):
         name, array = _array_from(descriptor, _as_bytes(frame))
         if name in arrays:
             raise ProtocolError(f"array '{name}' appears twice")

@@ -150,10 +150,13 @@ class LearnerServer:
                 marks.durable_through = durable_through
         self._command(("ack", stream, resend))
 
-    def publish(self, version: int, arrays: Mapping[str, np.ndarray]) -> None:
-        """Send parameters to every connected actor (and to each actor that joins later)."""
-        frames = encode(Message(MessageType.PARAMS, version, fields={"kind": "trainable", "version": int(version)},
-                                arrays={k: np.asarray(v) for k, v in arrays.items()}))
+    def publish(self, version: int, arrays: Mapping[str, np.ndarray], *, warmup: bool = False) -> None:
+        """Send parameters to every connected actor (and to each actor that joins later).
+
+        `warmup` tells the actors these are the frozen pre-trained policy's (WSRL warm-up)."""
+        frames = encode(Message(MessageType.PARAMS, version, fields={
+            "kind": "trainable", "version": int(version), "warmup": bool(warmup)},
+            arrays={k: np.asarray(v) for k, v in arrays.items()}))
         self._command(("publish", version, frames))
 
     def set_backbone(self, arrays: Mapping[str, np.ndarray]) -> None:

@@ -1,0 +1,523 @@
+"""The learner process: replay buffer(s), WSRL warm-up gate, UTD updates, parameter publishing,
+NaN guard, atomic checkpoints with the transport's bookkeeping, and resume.
+
+Exactly-once storage: each actor process is one stream (`<actor id>/<incarnation>`) whose
+transition chunks carry sequence numbers 1, 2, ... The learner stores chunk `stored_through + 1`
+only; an older one is a duplicate (dropped, acknowledged again), a newer one means a gap (the actor
+is asked to resend). A checkpoint holds the agent, the replay buffer (completed episodes) and, per
+stream, `committed_through`: the last chunk whose episode is complete in that buffer. After the
+checkpoint the actors are told those chunks are durable and drop them; after a crash the learner
+restores the checkpoint, tells each actor it holds `committed_through`, and the actor resends the
+rest. So the buffer holds every transition an actor produced exactly once.
+
+The loop (`Learner.run`): take deliveries, store them, run a learner step when allowed, publish,
+checkpoint, log. `docs/processes.md` has the details.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from agent.checkpoint import AgentCheckpointer
+from agent.core import Agent, agent_encode_frames, create_agent, uses_feature_cache
+from agent.data.episodes import EpisodeStore
+from agent.data.replay_buffer import FEATURES_SUFFIX, ReplayBuffer
+from agent.metrics import MetricsWriter
+from agent.param_sync import all_finite, backbone_digest, export_acting_params, export_backbone
+from agent.process_config import validate_process_config
+from agent.rlpd import mix_batches, offline_batch_size
+from agent.sac import learner_step
+from agent.transport.server import Delivery, LearnerServer, Watermarks
+from agent.wsrl import policy_drift, start_online_from_checkpoint, updates_allowed, wsrl_switch
+
+log = logging.getLogger("agent.learner")
+
+BOOKKEEPING_FORMAT = "franka_rl.learner"
+
+
+class LearnerError(RuntimeError):
+    """A learner problem the user must act on (diverged training, unusable data)."""
+
+
+def _register_user_errors() -> None:
+    try:
+        from franka_rl.cli import register_user_error
+    except ImportError:
+        return
+    register_user_error(LearnerError)
+
+
+_register_user_errors()
+
+
+# ------------------------------------------------------------------------------------ spaces
+
+
+def observation_spec_from_config(cfg: Any) -> tuple[dict[str, tuple[tuple[int, ...], np.dtype]], int]:
+    """The observation spec and action size the env built from `cfg` produces (no env needed).
+
+    Mirrors robot_env: `state` (STATE_DIM float32), one (H, W, 3) uint8 frame per camera, and a
+    6-D action when the task holds the gripper closed (7-D otherwise).
+    """
+    from robot_env import STATE_DIM
+
+    if cfg.env.history_horizon != 1:
+        raise LearnerError("env.history_horizon > 1 stacks observations, which the agent's encoder does not "
+                           "read; set env.history_horizon=1 for actor/learner runs")
+    spec: dict[str, tuple[tuple[int, ...], np.dtype]] = {"state": ((STATE_DIM,), np.dtype(np.float32))}
+    for camera in cfg.env.cameras:
+        spec[camera] = ((cfg.env.image_height, cfg.env.image_width, 3), np.dtype(np.uint8))
+    return spec, 6 if cfg.task.fixed_gripper_closed else 7
+
+
+def example_observation(spec: Mapping[str, tuple[Sequence[int], Any]]) -> dict[str, np.ndarray]:
+    return {k: np.zeros(shape, dtype) for k, (shape, dtype) in spec.items()}
+
+
+# ------------------------------------------------------------------------------------ bookkeeping
+
+
+@dataclass
+class StreamBook:
+    """What the learner holds of one actor stream."""
+
+    actor: str = ""
+    stored_through: int = 0  # last chunk stored (its episode may still be open)
+    committed_through: int = 0  # last chunk whose episode is complete in the buffer
+    transitions_stored: int = 0
+    transitions_committed: int = 0
+    episodes: int = 0
+    # The open episode: which one, the next step expected, its last observation.
+    episode: int = -1
+    next_step: int = 0
+    last_observation: dict[str, np.ndarray] | None = None
+
+    def durable_state(self) -> dict[str, Any]:
+        return {"actor": self.actor, "committed_through": self.committed_through,
+                "transitions": self.transitions_committed, "episodes": self.episodes}
+
+    @classmethod
+    def from_durable(cls, state: Mapping[str, Any]) -> StreamBook:
+        return cls(actor=str(state["actor"]), stored_through=int(state["committed_through"]),
+                   committed_through=int(state["committed_through"]), transitions_stored=int(state["transitions"]),
+                   transitions_committed=int(state["transitions"]), episodes=int(state["episodes"]))
+
+
+@dataclass
+class LearnerCounters:
+    steps: int = 0  # learner steps (each: utd critic updates + one actor update)
+    params_version: int = 0
+    checkpoints: int = 0
+    duplicates: int = 0
+    gaps: int = 0
+    inconsistent: int = 0
+    recent_success: deque = field(default_factory=lambda: deque(maxlen=20))
+    recent_interventions: deque = field(default_factory=lambda: deque(maxlen=20))
+
+
+# ------------------------------------------------------------------------------------ batches
+
+
+def _agent_observations(observations: Mapping[str, np.ndarray], image_keys: Sequence[str]) -> dict[str, np.ndarray]:
+    """Cached features stand in for their camera's frames under the camera's own key."""
+    out = {k: v for k, v in observations.items() if not k.endswith(FEATURES_SUFFIX)}
+    for key in image_keys:
+        cached = observations.get(key + FEATURES_SUFFIX)
+        if cached is not None:
+            out[key] = cached
+    return out
+
+
+def to_update_batch(sample: Mapping[str, Any], image_keys: Sequence[str], bootstrap_on_truncation: bool) -> dict:
+    """A buffer sample as the update reads it: raw rewards (the update shapes them), masks, G."""
+    masks = sample["masks"] if bootstrap_on_truncation else (1.0 - sample["dones"]).astype(np.float32)
+    return {
+        "observations": _agent_observations(sample["observations"], image_keys),
+        "next_observations": _agent_observations(sample["next_observations"], image_keys),
+        "actions": sample["actions"],
+        "rewards": sample["raw_rewards"],
+        "masks": masks,
+        "mc_returns": sample["mc_returns"],
+    }
+
+
+def sample_update_batches(online: ReplayBuffer, offline: ReplayBuffer | None, rng: np.random.Generator,
+                          batch_size: int, utd: int, offline_ratio: float, image_keys: Sequence[str],
+                          bootstrap_on_truncation: bool, frames: bool) -> dict:
+    """`utd` batches stacked on a leading axis, each mixing offline data per `offline_ratio` (RLPD)."""
+    groups = []
+    for _ in range(utd):
+        n_off = 0
+        if offline is not None:
+            n_off = offline_batch_size(batch_size, offline_ratio, offline.num_transitions, online.num_transitions)
+        parts = []
+        if n_off:
+            parts.append(to_update_batch(offline.sample(n_off, rng, frames=frames), image_keys, bootstrap_on_truncation))
+        if batch_size - n_off:
+            parts.append(to_update_batch(online.sample(batch_size - n_off, rng, frames=frames), image_keys,
+                                         bootstrap_on_truncation))
+        groups.append(parts[0] if len(parts) == 1 else mix_batches(*parts))
+    return jax.tree.map(lambda *xs: np.stack(xs), *groups)
+
+
+# ------------------------------------------------------------------------------------ learner
+
+
+class Learner:
+    """Owns the agent, the buffers and the bookkeeping; `run()` is the process's main loop."""
+
+    def __init__(self, cfg: Any, *, pretrained_dir: str | None = None, offline_dirs: Sequence[str] = (),
+                 endpoint: str | None = None, report: Callable[[str], None] = print):
+        from franka_rl.config import config_hash
+
+        validate_process_config(cfg.transport, learner=cfg.learner)
+        self.cfg = cfg
+        self.report = report
+        lcfg = cfg.learner
+        self.run_dir = Path(lcfg.run_dir or Path(cfg.output_dir) / "learner")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.buffer_dir = self.run_dir / "replay"
+        self.buffer_dir.mkdir(exist_ok=True)
+        self.spec, self.action_dim = observation_spec_from_config(cfg)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.counters = LearnerCounters()
+        self.books: dict[str, StreamBook] = {}
+        self.checkpointer = AgentCheckpointer(self.run_dir / "checkpoints", max_to_keep=lcfg.keep_checkpoints)
+        self.pretrained: Agent | None = None
+
+        example = example_observation(self.spec)
+        resumed = self.checkpointer.latest_step() is not None
+        if pretrained_dir:
+            online, self.pretrained, _ = start_online_from_checkpoint(pretrained_dir, cfg.agent, example,
+                                                                      self.action_dim)
+        else:
+            online = wsrl_switch(create_agent(cfg.agent, example, self.action_dim, seed=cfg.seed), cfg.agent.online)
+        self.agent = online
+        self.image_keys = tuple(self.agent.spec.image_keys)
+        self.feature_cache = uses_feature_cache(self.agent)
+        buffer_kwargs = dict(
+            reward_scale=cfg.agent.reward.scale, reward_bias=cfg.agent.reward.bias,
+            discount=cfg.agent.sac.discount, sparse_reward=cfg.agent.reward.sparse,
+        )
+        feature_fn = self._feature_fn() if self.feature_cache else None
+        if resumed:
+            self._resume(feature_fn)
+        else:
+            self.buffer = ReplayBuffer(self.spec, self.action_dim, lcfg.buffer_capacity, feature_fn=feature_fn,
+                                       **buffer_kwargs)
+        self.offline = self._load_offline(offline_dirs, feature_fn, buffer_kwargs) if offline_dirs else None
+        if self.offline is None and cfg.agent.online.offline_ratio != 0:
+            raise LearnerError(f"agent.online.offline_ratio={cfg.agent.online.offline_ratio} mixes offline data "
+                               "into every batch: pass the episode directories with --offline-data DIR ...")
+
+        self.server = LearnerServer(
+            cfg.transport, config_hash=config_hash(cfg), observation_spec=self.spec, action_dim=self.action_dim,
+            backbone_digest=backbone_digest(self.agent),
+            watermarks={s: Watermarks(b.committed_through, b.committed_through) for s, b in self.books.items()},
+            endpoint=endpoint,
+        )
+        if self.agent.frozen_backbone:
+            self.server.set_backbone(export_backbone(self.agent))
+        self.metrics = MetricsWriter(self.run_dir, tensorboard=lcfg.tensorboard)
+        self._stop = threading.Event()
+        self._last_checkpoint_time = time.monotonic()
+        self._last_checkpoint_step = self.counters.steps
+        self._steps_at_last_log = self.counters.steps
+        self._time_at_last_log = time.monotonic()
+        self._dirty = False
+        self._published_after_warmup = False
+
+    # ------------------------------------------------------------------ construction helpers
+
+    def _feature_fn(self) -> Callable[[np.ndarray], np.ndarray]:
+        # Reads self.agent at call time: after a resume that is the restored agent.
+        return lambda frames: np.asarray(agent_encode_frames(self.agent, frames))
+
+    def _load_offline(self, directories: Sequence[str], feature_fn, buffer_kwargs) -> ReplayBuffer:
+        episodes = []
+        for directory in directories:
+            try:
+                episodes.extend(EpisodeStore(directory).episodes())
+            except FileNotFoundError as exc:
+                raise LearnerError(f"--offline-data: {exc}") from None
+        if not episodes:
+            raise LearnerError(f"--offline-data {' '.join(directories)} holds no episodes")
+        for episode in episodes:
+            found = {k: (v.shape[1:], v.dtype) for k, v in episode.observations.items()}
+            if found != {k: (tuple(s), np.dtype(d)) for k, (s, d) in self.spec.items()} or \
+                    episode.actions.shape[1] != self.action_dim:
+                raise LearnerError(f"--offline-data: episodes with observations {found} and action size "
+                                   f"{episode.actions.shape[1]} do not fit this run's {self.spec} / {self.action_dim}")
+        capacity = sum(len(e) + 1 for e in episodes) + 1
+        buffer = ReplayBuffer(self.spec, self.action_dim, capacity, feature_fn=feature_fn, **buffer_kwargs)
+        for episode in episodes:
+            buffer.add_episode_record(episode)
+        self.report(f"offline data: {buffer.num_transitions} transitions from {len(episodes)} episodes "
+                    f"(offline_ratio {self.cfg.agent.online.offline_ratio})")
+        return buffer
+
+    def _resume(self, feature_fn) -> None:
+        step = self.checkpointer.latest_step()
+        meta = self.checkpointer.read_meta(step)
+        extra = meta.get("extra", {})
+        if extra.get("format") != BOOKKEEPING_FORMAT:
+            raise LearnerError(f"{self.checkpointer.directory} holds checkpoints of another command; give the "
+                               "learner its own learner.run_dir")
+        restored, _ = self.checkpointer.restore(self.agent, step, self.cfg.agent)
+        self.agent = restored
+        buffer_path = self.buffer_dir / extra["buffer_file"]
+        try:
+            self.buffer = ReplayBuffer.load(buffer_path, feature_fn=feature_fn)
+        except (ValueError, FileNotFoundError) as exc:
+            raise LearnerError(f"cannot resume: the replay buffer of checkpoint {step} is unreadable ({exc}); "
+                               f"move {self.run_dir} aside to start afresh") from None
+        self.books = {stream: StreamBook.from_durable(state) for stream, state in extra["streams"].items()}
+        self.counters.steps = int(extra["learner_steps"])
+        self.counters.params_version = int(extra["params_version"])
+        self.counters.checkpoints = step
+        self.report(f"resumed from checkpoint {step}: {self.counters.steps} learner steps, "
+                    f"{self.online_transitions} transitions from {len(self.books)} actor stream(s)")
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def online_transitions(self) -> int:
+        return sum(b.transitions_stored for b in self.books.values())
+
+    @property
+    def warmup_done(self) -> bool:
+        return updates_allowed(self.online_transitions, self.cfg.agent.online.warmup_steps)
+
+    def request_stop(self, *_: Any) -> None:
+        self._stop.set()
+
+    # ------------------------------------------------------------------ storing
+
+    def store(self, delivery: Delivery) -> bool:
+        """Store one delivery exactly once; returns whether it was stored."""
+        stream = delivery.stream
+        book = self.books.setdefault(stream, StreamBook(actor=delivery.actor))
+        if delivery.sequence <= book.stored_through:
+            self.counters.duplicates += 1
+            self.server.ack(stream, stored_through=book.stored_through)
+            return False
+        if delivery.sequence != book.stored_through + 1:
+            self.counters.gaps += 1
+            self.server.ack(stream, stored_through=book.stored_through, resend=True)
+            return False
+        chunk = delivery.chunk
+        if chunk.step == 0:
+            if book.last_observation is not None:
+                log.warning("stream %s started episode %d before episode %d ended; the open one is closed as "
+                            "truncated", stream, chunk.episode, book.episode)
+            previous = chunk.first_observation
+        elif chunk.episode == book.episode and chunk.step == book.next_step and book.last_observation is not None:
+            previous = book.last_observation
+        else:
+            self.counters.inconsistent += 1
+            log.warning("stream %s: chunk %d continues episode %d at step %d, expected episode %d step %d; "
+                        "asking for a resend", stream, delivery.sequence, chunk.episode, chunk.step, book.episode,
+                        book.next_step)
+            self.server.ack(stream, stored_through=book.stored_through, resend=True)
+            return False
+        for k in range(len(chunk)):
+            observation = {key: value[k] for key, value in chunk.next_observations.items()}
+            self.buffer.insert(previous, chunk.actions[k], float(chunk.rewards[k]), observation,
+                               bool(chunk.terminated[k]), bool(chunk.truncated[k]), bool(chunk.intervened[k]),
+                               bool(chunk.success[k]), stream=stream)
+            previous = observation
+        book.stored_through = delivery.sequence
+        book.transitions_stored += len(chunk)
+        book.episode, book.next_step = chunk.episode, chunk.step + len(chunk)
+        book.last_observation = {k: np.array(v) for k, v in previous.items()}
+        if chunk.ends_episode:
+            book.committed_through = delivery.sequence
+            book.transitions_committed = book.transitions_stored
+            book.episodes += 1
+            book.episode, book.next_step, book.last_observation = -1, 0, None
+            self.counters.recent_success.append(bool(chunk.success.any()))
+        self.counters.recent_interventions.extend(bool(x) for x in chunk.intervened)
+        self._dirty = True
+        self.server.ack(stream, stored_through=book.stored_through)
+        return True
+
+    # ------------------------------------------------------------------ training
+
+    def _step_budget_left(self) -> bool:
+        rate = self.cfg.learner.steps_per_transition
+        if rate <= 0:
+            return True
+        since_gate = self.online_transitions - self.cfg.agent.online.warmup_steps
+        return self.counters.steps < math.ceil(rate * max(since_gate, 1))
+
+    def can_update(self) -> bool:
+        return (self.warmup_done and self.buffer.num_transitions > 0 and self._step_budget_left()
+                and (self.cfg.learner.max_steps == 0 or self.counters.steps < self.cfg.learner.max_steps))
+
+    def update(self) -> dict[str, float]:
+        sac = self.cfg.agent.sac
+        batches = sample_update_batches(
+            self.buffer, self.offline, self.rng, sac.batch_size, sac.utd, self.cfg.agent.online.offline_ratio,
+            self.image_keys, self.cfg.agent.reward.bootstrap_on_truncation, frames=not self.feature_cache)
+        agent, metrics = learner_step(self.agent, batches)
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+        if bad:
+            raise LearnerError(
+                f"learner step {self.counters.steps + 1} produced non-finite {', '.join(bad[:4])}; nothing from it "
+                f"was published or checkpointed (last checkpoint: {self.checkpointer.latest_step()}). Lower "
+                "agent.sac.*_lr or check the rewards, then restart the learner: it resumes from that checkpoint")
+        self.agent = agent
+        self.counters.steps += 1
+        self._dirty = True
+        if self.pretrained is not None and self.counters.steps % self.cfg.learner.log_every_steps == 0:
+            last = jax.tree.map(lambda x: x[-1], batches)
+            metrics.update({k: float(v) for k, v in
+                            policy_drift(self.agent, self.pretrained.actor.params, last["observations"]).items()})
+        return metrics
+
+    def publish(self) -> None:
+        arrays = export_acting_params(self.agent)
+        if not all_finite(arrays):
+            raise LearnerError(f"the parameters after learner step {self.counters.steps} are not finite; they were "
+                               f"not published (last checkpoint: {self.checkpointer.latest_step()}). Lower "
+                               "agent.sac.*_lr or check the rewards, then restart the learner")
+        self.counters.params_version = self.counters.steps
+        self._published_after_warmup = self.warmup_done
+        self.server.publish(self.counters.params_version, arrays, warmup=not self.warmup_done)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def checkpoint(self) -> int:
+        """Agent + buffer + bookkeeping, atomically; then tell the actors what is durable."""
+        index = self.counters.checkpoints + 1
+        buffer_file = f"buffer_{index:06d}.npz"
+        self.buffer.save(self.buffer_dir / buffer_file)
+        extra = {
+            "format": BOOKKEEPING_FORMAT,
+            "buffer_file": buffer_file,
+            "learner_steps": self.counters.steps,
+            "params_version": self.counters.params_version,
+            "transitions": sum(b.transitions_committed for b in self.books.values()),
+            "streams": {s: b.durable_state() for s, b in self.books.items()},
+        }
+        self.checkpointer.save(index, self.agent, self.cfg.agent, extra)
+        self.counters.checkpoints = index
+        kept = {f"buffer_{s:06d}.npz" for s in self.checkpointer.all_steps()}
+        for old in self.buffer_dir.glob("buffer_*.npz"):
+            if old.name not in kept:
+                old.unlink(missing_ok=True)
+        for stream, book in self.books.items():
+            self.server.ack(stream, durable_through=book.committed_through)
+        self._last_checkpoint_time = time.monotonic()
+        self._last_checkpoint_step = self.counters.steps
+        self._dirty = False
+        return index
+
+    # ------------------------------------------------------------------ main loop
+
+    def status_text(self) -> str:
+        warm = self.cfg.agent.online.warmup_steps
+        phase = "training" if self.warmup_done else f"warm-up {min(self.online_transitions, warm)}/{warm}"
+        success = self.counters.recent_success
+        rate = f"{100 * np.mean(success):.0f}%" if success else "-"
+        actors = ",".join(self.server.connected_actors()) or "none"
+        return (f"learner | {phase} | step {self.counters.steps} | transitions {self.online_transitions} | "
+                f"episodes {sum(b.episodes for b in self.books.values())} | success {rate} | actors {actors} | "
+                f"params v{self.counters.params_version}")
+
+    def _log(self, train_metrics: Mapping[str, float]) -> None:
+        now = time.monotonic()
+        steps_per_s = (self.counters.steps - self._steps_at_last_log) / max(now - self._time_at_last_log, 1e-9)
+        self._steps_at_last_log, self._time_at_last_log = self.counters.steps, now
+        if train_metrics:
+            self.metrics.log(self.counters.steps, train_metrics, prefix="train")
+        success, interventions = self.counters.recent_success, self.counters.recent_interventions
+        self.metrics.log(self.counters.steps, {
+            "transitions": self.online_transitions,
+            "episodes": sum(b.episodes for b in self.books.values()),
+            "success_rate": float(np.mean(success)) if success else float("nan"),
+            "intervention_rate": float(np.mean(interventions)) if interventions else float("nan"),
+            "actors_connected": len(self.server.connected_actors()),
+            "rejected_messages": self.server.rejected,
+            "duplicates_dropped": self.counters.duplicates,
+            "learner_steps_per_s": steps_per_s,
+            "buffer_transitions": self.buffer.num_transitions,
+        }, prefix="online")
+
+    def run(self, status: Any = None) -> LearnerCounters:
+        lcfg = self.cfg.learner
+        self.server.start()
+        self.report(f"learner listening on {self.server.endpoint} (session {self.server.session}); "
+                    f"run directory {self.run_dir}")
+        self.publish()
+        last_metrics: dict[str, float] = {}
+        last_log_step = self.counters.steps
+        last_status = 0.0
+        try:
+            while not self._stop.is_set():
+                busy = self.can_update()
+                for delivery in self.server.receive(timeout=0.0 if busy else 0.05):
+                    self.store(delivery)
+                if self.can_update():
+                    last_metrics = self.update()
+                    if self.counters.steps % lcfg.publish_every_steps == 0:
+                        self.publish()
+                    if self.counters.steps - last_log_step >= lcfg.log_every_steps:
+                        self._log(last_metrics)
+                        last_log_step = self.counters.steps
+                if self.warmup_done and not self._published_after_warmup:
+                    self.publish()  # same parameters, but the actors now label their episodes "policy"
+                due = (self.counters.steps - self._last_checkpoint_step >= lcfg.checkpoint_every_steps
+                       or time.monotonic() - self._last_checkpoint_time >= lcfg.checkpoint_interval_s)
+                if due and self._dirty:
+                    self.checkpoint()
+                if status is not None and time.monotonic() - last_status >= lcfg.status_interval_s:
+                    status.update(self.status_text(), force=True)
+                    last_status = time.monotonic()
+                if lcfg.max_steps and self.counters.steps >= lcfg.max_steps:
+                    break
+        finally:
+            try:
+                if self._dirty:
+                    self.checkpoint()
+                self._log(last_metrics)
+            finally:
+                self.server.close()
+                self.metrics.close()
+        return self.counters
+
+
+def install_stop_handlers(learner: Learner) -> None:
+    """SIGTERM and the first Ctrl-C stop the loop cleanly (a final checkpoint); a second Ctrl-C aborts."""
+
+    def on_signal(signum, frame):
+        learner.request_stop()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+
+__all__ = [
+    "Learner",
+    "LearnerError",
+    "StreamBook",
+    "example_observation",
+    "install_stop_handlers",
+    "observation_spec_from_config",
+    "sample_update_batches",
+    "to_update_batch",
+]
