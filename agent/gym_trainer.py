@@ -32,7 +32,6 @@ import gymnasium as gym
 import jax
 import numpy as np
 
-from agent.batching import sample_batches
 from agent.checkpoint import AgentCheckpointer
 from agent.config import AgentConfig
 from agent.core import Agent, create_agent, eval_actions, sample_actions
@@ -41,6 +40,7 @@ from agent.data.replay_buffer import ReplayBuffer
 from agent.gym_env import agent_observations, make_gym_env, normalize_actions, source_spaces
 from agent.metrics import MetricsWriter, read_metrics
 from agent.sac import learner_step, update
+from agent.sampling import sample_batches
 from agent.wsrl import updates_allowed, wsrl_switch
 
 ALGOS = ("sac", "redq", "calql", "cql")
@@ -258,7 +258,7 @@ def train_gym(run: GymRun, cfg: AgentConfig, seed: int = 0, log: Callable[[str],
 
     example, _ = env.reset(seed=seed)
     agent = create_agent(cfg, example, action_dim, seed=seed)
-    image_keys = agent.spec.image_keys
+    bootstrap = bool(cfg.reward.bootstrap_on_truncation)
     rng = np.random.default_rng(seed)
     checkpointer = AgentCheckpointer(run_dir / "checkpoints", max_to_keep=3)
     batch_size, utd = int(cfg.sac.batch_size), int(cfg.sac.utd)
@@ -281,7 +281,7 @@ def train_gym(run: GymRun, cfg: AgentConfig, seed: int = 0, log: Callable[[str],
             progress = _Progress(run.progress, run.offline_steps, f"offline {run.algo}", "update")
             try:
                 for step in range(1, run.offline_steps + 1):
-                    batch = sample_batches(None, offline_buffer, rng, batch_size, 1, 1.0, image_keys)
+                    batch = sample_batches(None, offline_buffer, rng, batch_size, 1, 1.0, bootstrap_on_truncation=bootstrap)
                     agent, metrics = update(agent, jax.tree.map(lambda x: x[0], batch))
                     offline_done = step
                     if step % run.log_every == 0 or step == run.offline_steps:
@@ -346,7 +346,7 @@ def train_gym(run: GymRun, cfg: AgentConfig, seed: int = 0, log: Callable[[str],
                 ready = online_buffer.num_transitions > 0 or mixing
                 if ready and updates_allowed(step, warmup):
                     batches = sample_batches(online_buffer, offline_buffer if mixing else None, rng, batch_size,
-                                             utd, cfg.online.offline_ratio, image_keys)
+                                             utd, cfg.online.offline_ratio, bootstrap_on_truncation=bootstrap)
                     agent, metrics = learner_step(agent, batches)
                     if step % run.log_every == 0:
                         writer.log(step, _scalars(metrics), prefix="train")

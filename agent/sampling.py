@@ -1,41 +1,16 @@
-"""Replay-buffer batches -> the batches `agent.sac` updates on.
+"""Batches for one learner step: `groups` (= UTD) batches stacked on a leading axis, each mixing
+offline and online samples RLPD-style (agent/rlpd.py), in the update's layout (agent/batches.py).
 
-The buffer (agent/data/replay_buffer.py) hands out `rewards` already shaped and `raw_rewards`
-as stored; the update shapes rewards itself (r' = scale * r + bias from the agent's spec), so it
-must get the raw ones, or they would be shaped twice. Cached backbone features arrive as
-`<camera>_features`; the agent reads them under the camera's own key (a float entry there means
-"features, skip the backbone").
+One `ReplayBuffer.sample` call per buffer draws all groups at once (cheaper than utd calls).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
 import numpy as np
 
-from agent.data.replay_buffer import FEATURES_SUFFIX, ReplayBuffer
+from agent.batches import to_agent_batch
+from agent.data.replay_buffer import ReplayBuffer
 from agent.rlpd import mix_batches, offline_batch_size
-
-
-def _agent_observations(observations: Mapping[str, np.ndarray], image_keys: Sequence[str]) -> dict[str, np.ndarray]:
-    out = {k: v for k, v in observations.items() if not k.endswith(FEATURES_SUFFIX)}
-    for key in image_keys:
-        cached = observations.get(key + FEATURES_SUFFIX)
-        if cached is not None:
-            out[key] = cached
-    return out
-
-
-def to_agent_batch(batch: Mapping, image_keys: Sequence[str] = ()) -> dict:
-    """The fields of a buffer batch that the update reads, with raw rewards and cached features."""
-    return {
-        "observations": _agent_observations(batch["observations"], image_keys),
-        "next_observations": _agent_observations(batch["next_observations"], image_keys),
-        "actions": batch["actions"],
-        "rewards": batch["raw_rewards"],
-        "masks": batch["masks"],
-        "mc_returns": batch["mc_returns"],
-    }
 
 
 def stack_leading(batch: dict, groups: int) -> dict:
@@ -54,13 +29,15 @@ def sample_batches(
     batch_size: int,
     groups: int,
     offline_ratio: float,
-    image_keys: Sequence[str] = (),
+    *,
+    bootstrap_on_truncation: bool = True,
     frames: bool = True,
 ) -> dict:
     """`groups` agent batches of `batch_size` stacked on a leading axis (learner_step's input).
 
     Each batch takes `offline_batch_size(...)` samples from `offline` and the rest from `online`
-    (RLPD-style mixing, offline first); either buffer may be None or empty.
+    (RLPD-style mixing, offline first); either buffer may be None or empty. `frames=False` leaves
+    out the uint8 frames of cameras whose features the buffer caches.
     """
     online_size = online.num_transitions if online is not None else 0
     offline_size = offline.num_transitions if offline is not None else 0
@@ -70,12 +47,15 @@ def sample_batches(
     n_off = offline_batch_size(batch_size, ratio, offline_size, online_size) if offline_size else 0
     if online_size == 0:
         n_off = batch_size
+    def draw(buffer: ReplayBuffer, n: int) -> dict:
+        sample = buffer.sample(n * groups, rng, frames=frames)
+        return stack_leading(to_agent_batch(sample, bootstrap_on_truncation=bootstrap_on_truncation), groups)
+
     parts = []
     if n_off:
-        parts.append(stack_leading(to_agent_batch(offline.sample(n_off * groups, rng, frames=frames), image_keys), groups))
+        parts.append(draw(offline, n_off))
     if batch_size - n_off:
-        parts.append(stack_leading(to_agent_batch(online.sample((batch_size - n_off) * groups, rng, frames=frames),
-                                                  image_keys), groups))
+        parts.append(draw(online, batch_size - n_off))
     if len(parts) == 1:
         return parts[0]
     # mix_batches concatenates on axis 0; the batch axis is axis 1 here, so mix group by group.

@@ -9,7 +9,6 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from agent.batching import sample_batches, to_agent_batch
 from agent.checkpoint import AgentCheckpointer, restore_agent
 from agent.config import AgentConfig
 from agent.core import create_agent
@@ -18,6 +17,7 @@ from agent.data.episodes import Episode, make_metadata
 from agent.gym_env import GymEnvError, agent_observations, make_gym_env, normalize_actions
 from agent.gym_trainer import GymRun, TrainGymError, reward_kind_warning, train_gym
 from agent.metrics import read_metrics
+from agent.sampling import sample_batches
 from franka_rl.cli import main
 
 TINY = ["agent.network.critic_hidden_dims=[32,32]", "agent.network.actor_hidden_dims=[32,32]",
@@ -80,14 +80,15 @@ def _buffer_with(reward: float, episodes: int = 2, steps: int = 5) -> ReplayBuff
     return buffer
 
 
-def test_agent_batches_carry_raw_rewards_so_the_update_shapes_them_once():
-    buffer = _buffer_with(reward=1.0)
-    batch = buffer.sample(4, np.random.default_rng(0))
-    assert np.all(batch["rewards"] == 1.0) and np.all(batch["raw_rewards"] == 1.0)  # 2 * 1 - 1 == 1
+def test_utd_batches_carry_raw_rewards_so_the_update_shapes_them_once():
     buffer = _buffer_with(reward=3.0)
-    agent_batch = to_agent_batch(buffer.sample(4, np.random.default_rng(0)))
-    np.testing.assert_array_equal(agent_batch["rewards"], 3.0)  # raw, not 2 * 3 - 1
-    assert set(agent_batch) == {"observations", "next_observations", "actions", "rewards", "masks", "mc_returns"}
+    batches = sample_batches(buffer, None, np.random.default_rng(0), batch_size=4, groups=2, offline_ratio=0.0)
+    np.testing.assert_array_equal(batches["rewards"], np.full((2, 4), 3.0))  # raw, not 2 * 3 - 1
+    assert set(batches) == {"observations", "next_observations", "actions", "rewards", "masks", "mc_returns"}
+    # The last step of each episode is a time limit: bootstrapped by default, terminal on request.
+    assert np.all(batches["masks"] == 1.0)
+    terminal = sample_batches(buffer, None, np.random.default_rng(0), 64, 1, 0.0, bootstrap_on_truncation=False)
+    assert 0.0 in terminal["masks"] and 1.0 in terminal["masks"]
 
 
 def test_rlpd_mixing_takes_the_offline_share_of_every_utd_batch():
