@@ -363,11 +363,14 @@ class FrankyRobot:
         """Choose which Cartesian axes move freely while someone holds the guiding buttons at the
         flange (the arm enters guiding mode only while they are pressed). Raises RobotError when
         the arm does not accept the setting within `timeout_s` (franky-sim does not implement it);
-        the link may then be gone, so reconnect before using this robot again."""
+        the session is then dropped (`close()` does nothing more); connect again to go on."""
         axes = [translation] * 3 + [rotation] * 3
         try:
             call_with_timeout(lambda: self._robot.set_guiding_mode(axes, False), timeout_s)
         except Exception as exc:
+            # Drop the session without another command: libfranka aborts the process when one
+            # thread stops the robot while another is still blocked inside it.
+            self._robot = self._model = self._gripper = self._tracker = None
             raise RobotError(f"the arm did not accept the guiding-mode setting ({exc})") from None
 
     def _raise_if_faulted(self, state: Any) -> None:

@@ -68,11 +68,12 @@ class FrankySimPeer:
         """Stop stepping and serving for `seconds` (the arm's link goes silent)."""
         self._send(f"pause {seconds}")
 
-    def close(self) -> None:
+    def close(self, wait_s: float = 10.0) -> None:
+        """Ask the server to quit; kill it if it has not within `wait_s`."""
         if self._process.poll() is None:
             try:
                 self._send("quit")
-                self._process.wait(10)
+                self._process.wait(wait_s)
             except (OSError, subprocess.TimeoutExpired):
                 self._process.kill()
                 self._process.wait(5)

@@ -93,10 +93,12 @@ def test_an_address_that_never_answers_times_out():
     assert "Traceback" not in result.stderr
 
 
-def test_sim_mode_config_is_refused_in_one_line():
-    result, _ = robot_check("mode=sim")
-    assert result.returncode == 2
-    assert "mode: sim" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+def test_sim_mode_config_is_refused_in_one_line(capsys):
+    from franka_rl.cli import main
+
+    assert main(["robot-check", "--config", str(REAL_CONFIG), "mode=sim"]) == 2
+    stderr = capsys.readouterr().err
+    assert "mode: sim" in stderr and len(stderr.strip().splitlines()) == 1
 
 
 def test_robot_check_passes_end_to_end_on_franky_sim_with_a_video_camera(peer, tmp_path):

@@ -142,3 +142,33 @@ def test_teach_pose_abort_or_closed_input_writes_nothing(peer, tmp_path):
         assert "Traceback" not in result.stderr
         assert not out.exists()
     assert time.monotonic() - started < 30
+
+
+def test_refused_guiding_setting_is_one_line_and_writes_nothing(tmp_path):
+    # franky-sim does not implement the guiding-axes command (and stops serving after it), as an
+    # arm without that feature would: the command must end within its timeout, with what to do.
+    pytest.importorskip("franky", reason="franky-control is not installed")
+    pytest.importorskip("franky_sim", reason="franky-sim is not installed")
+    from franky_sim_peer import FrankySimPeer, PeerUnavailable
+
+    host = "127.0.0.35"
+    try:
+        peer = FrankySimPeer.start(host=host)
+    except PeerUnavailable as exc:
+        pytest.skip(f"franky-sim cannot start here: {exc}")
+    out = tmp_path / "my_cell.yaml"
+    try:
+        started = time.monotonic()
+        result = subprocess.run(
+            [FRANKA_RL, "teach-pose", "--config", str(REAL_CONFIG), "--out", str(out),
+             f"real.robot_ip={host}", "real.realtime=false"],
+            input="\n", capture_output=True, text=True, timeout=60, cwd=REPO_ROOT,
+        )
+        elapsed = time.monotonic() - started
+    finally:
+        peer.close(wait_s=1.0)  # it no longer answers its own quit command either
+    assert result.returncode == 2
+    assert elapsed < 15
+    assert "guiding-mode setting" in result.stderr and "--free-axes keep" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert not out.exists()

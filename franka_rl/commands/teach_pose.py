@@ -68,20 +68,23 @@ def _connect(cfg):
         raise UserError(str(exc)) from None
 
 
-def _free_guiding_axes(robot, cfg, free_axes: str):
-    """Returns the robot to use afterwards: a refused setting may have cost the link."""
+def _free_guiding_axes(robot, free_axes: str) -> None:
+    """Set the axes that move freely while the guiding buttons are held. A refused setting may
+    have cost the link, so it ends the command."""
     from robot_env.interfaces import RobotError
 
     if free_axes == "keep":
-        return robot
+        print(f"guiding: the axes Desk has set are free. {_GUIDING_HELP}")
+        return
     try:
         robot.set_guiding_axes(translation=True, rotation=free_axes == "all")
-        print(f"guiding: {'all six axes' if free_axes == 'all' else 'translation only'} free. {_GUIDING_HELP}")
-        return robot
     except RobotError as exc:
-        print(f"guiding: {exc}. Choose the guiding axes in Desk (or with the pilot's guiding-mode key). {_GUIDING_HELP}")
         robot.close()
-        return _connect(cfg)
+        raise UserError(
+            f"{exc}. Choose the guiding axes in Desk (the pilot's guiding-mode setting) and run again "
+            "with --free-axes keep; nothing was written"
+        ) from None
+    print(f"guiding: {'all six axes' if free_axes == 'all' else 'translation only'} free. {_GUIDING_HELP}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -116,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
     target, reset = list(current.target_pose), list(current.reset_pose)
     lines = LineReader(sys.stdin)
     status = StatusLine(stream=sys.stderr, interval_s=0.1)
-    robot = _free_guiding_axes(_connect(cfg), cfg, args.free_axes)
+    robot = _connect(cfg)
+    _free_guiding_axes(robot, args.free_axes)
     try:
         if teach_target:
             print("1. Guide the peg fully into the hole, let go, then press Enter (q + Enter aborts).", flush=True)
