@@ -84,6 +84,18 @@ class CheckOptions:
     seed: int = 0
 
 
+def arm_family(libfranka_version: str) -> str:
+    """Which arms a libfranka release can drive: the Panda's last system (4.x) speaks the protocol
+    of libfranka < 0.10, the FR3 needs ≥ 0.10 (Franka's compatibility matrix has the details)."""
+    try:
+        major, minor = (int(part) for part in libfranka_version.split(".")[:2])
+    except ValueError:
+        return "unknown libfranka version; check the arm's system version against it (docs/hardware.md, 'Panda or FR3')"
+    if (major, minor) >= (0, 10):
+        return "for an FR3 whose system version it supports; a Panda needs franky built for libfranka 0.9.2"
+    return "for a Panda (FER, system 4.x); an FR3 needs libfranka 0.10 or later"
+
+
 def config_problems(cfg: RealSetup) -> list[str]:
     """What in the task/env/real config cannot work on the cell, in words ([] when sane)."""
     task, env, real = cfg.task, cfg.env, cfg.real
@@ -329,8 +341,7 @@ def run_robot_check(
         return results
     record(CheckResult(
         "software", PASS,
-        f"franky {versions['franky']} with libfranka {versions['libfranka']}; the arm's system version must "
-        "be one this libfranka supports (docs/hardware.md, 'Panda or FR3')",
+        f"franky {versions['franky']} with libfranka {versions['libfranka']}: {arm_family(versions['libfranka'])}",
     ))
 
     use_gripper = options.gripper and cfg.real.gripper

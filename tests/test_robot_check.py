@@ -93,6 +93,14 @@ def test_an_address_that_never_answers_times_out():
     assert "Traceback" not in result.stderr
 
 
+def test_arm_family_follows_the_libfranka_version():
+    from robot_env.robot_check import arm_family
+
+    assert arm_family("0.21.2").startswith("for an FR3")
+    assert arm_family("0.9.2").startswith("for a Panda")
+    assert arm_family("unknown").startswith("unknown libfranka version")
+
+
 def test_sim_mode_config_is_refused_in_one_line(capsys):
     from franka_rl.cli import main
 
@@ -116,7 +124,7 @@ def test_robot_check_passes_end_to_end_on_franky_sim_with_a_video_camera(peer, t
         "compliant move",
     ]
     assert not lines_with(result.stdout, "FAIL") and not lines_with(result.stdout, "SKIP")
-    assert "libfranka 0." in passed["software"]
+    assert "libfranka 0." in passed["software"] and "FR3" in passed["software"]
     assert "mode Idle" in passed["state"] and "hand protocol" in passed["state"]
     assert "closed on nothing" in passed["gripper"]  # franky-sim's hand holds no peg
     assert "20 steps at 10 Hz" in passed["control loop"] and "p99" in passed["control loop"]
