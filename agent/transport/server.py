@@ -172,7 +172,8 @@ class LearnerServer:
     def close(self) -> None:
         self._stop.set()
         self._command(("stop",))
-        self._thread.join(5.0)
+        if self._thread.is_alive():
+            self._thread.join(5.0)
         with self._wake_lock:
             self._wake_send.close(linger=0)
         self._context.term()
@@ -187,7 +188,10 @@ class LearnerServer:
         self._commands.put(command)
         with self._wake_lock:
             if not self._wake_send.closed:
-                self._wake_send.send(b"", zmq.NOBLOCK)
+                try:
+                    self._wake_send.send(b"", zmq.NOBLOCK)
+                except zmq.Again:  # the thread has not started or has wake-ups queued: it will look
+                    pass
 
     # ------------------------------------------------------------------ service thread
 

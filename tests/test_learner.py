@@ -1,0 +1,166 @@
+"""Learner bookkeeping in-process: exactly-once storage, checkpoint + resume, the warm-up gate,
+offline mixing, the NaN guard, and which parameters travel to the actors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from agent.core import act, create_agent
+from agent.data.episodes import EpisodeRecorder, EpisodeStore, make_metadata
+from agent.learner import Learner, LearnerError, example_observation, observation_spec_from_config
+from agent.param_sync import apply_acting_params, backbone_digest, export_acting_params, trainable_acting_params
+from agent.transport.protocol import TransitionChunk
+from agent.transport.server import Delivery
+from franka_rl.config import load_config
+
+STATE_DIM, ACTION_DIM = 19, 6
+
+
+def config(tmp_path, *extra):
+    return load_config(None, [
+        "env.cameras=[]", f"output_dir={tmp_path}", "learner.tensorboard=false", "agent.online.warmup_steps=6",
+        "agent.network.critic_hidden_dims=[32,32]", "agent.network.actor_hidden_dims=[32,32]",
+        "agent.network.num_critics=2", "agent.encoder.proprio_dim=0", "agent.sac.batch_size=8", "agent.sac.utd=2",
+        *extra])
+
+
+def make_learner(cfg, **kw):
+    return Learner(cfg, report=lambda message: None, **kw)
+
+
+def chunk(episode, step, steps, end=False, seed=0):
+    rng = np.random.default_rng(1000 * episode + step + seed)
+    terminated = np.zeros(steps, bool)
+    terminated[-1] = end
+    first = {"state": rng.normal(size=STATE_DIM).astype(np.float32)} if step == 0 else None
+    return TransitionChunk(episode, step, rng.uniform(-1, 1, (steps, ACTION_DIM)).astype(np.float32),
+                           np.zeros(steps, np.float32), terminated, np.zeros(steps, bool), np.zeros(steps, bool),
+                           np.zeros(steps, bool), {"state": rng.normal(size=(steps, STATE_DIM)).astype(np.float32)},
+                           first)
+
+
+def deliver(learner, stream, sequence, c):
+    return learner.store(Delivery(stream, stream.split("/")[0], sequence, c))
+
+
+def test_spec_from_config_matches_the_twin(tmp_path):
+    import sim
+
+    cfg = config(tmp_path, "env.cameras=[wrist_1]", "env.image_height=32", "env.image_width=32")
+    spec, action_dim = observation_spec_from_config(cfg)
+    env = sim.make_env(cfg)
+    try:
+        assert {k: (tuple(s.shape), s.dtype) for k, s in env.observation_space.spaces.items()} == spec
+        assert env.action_space.shape == (action_dim,)
+    finally:
+        env.close()
+
+
+def test_each_chunk_is_stored_once_and_a_checkpoint_resumes_the_bookkeeping(tmp_path):
+    cfg = config(tmp_path)
+    learner = make_learner(cfg)
+    stream = "a0/x"
+    assert deliver(learner, stream, 1, chunk(0, 0, 3))
+    assert not deliver(learner, stream, 1, chunk(0, 0, 3))  # duplicate of a resend
+    assert not deliver(learner, stream, 3, chunk(0, 5, 2))  # gap: asks for a resend
+    assert deliver(learner, stream, 2, chunk(0, 3, 2, end=True))
+    assert deliver(learner, stream, 3, chunk(1, 0, 4))  # episode 1 still open
+    book = learner.books[stream]
+    assert (book.stored_through, book.committed_through, book.transitions_stored) == (3, 2, 9)
+    assert learner.counters.duplicates == 1 and learner.counters.gaps == 1
+    assert learner.buffer.num_transitions == 5 and learner.warmup_done
+    learner.checkpoint()
+    learner.server.close()
+
+    # The restarted learner holds what the checkpoint holds: the completed episode only, so the
+    # actor resends from chunk 3, which starts episode 1 again.
+    resumed = make_learner(cfg)
+    book = resumed.books[stream]
+    assert (book.stored_through, book.committed_through, book.transitions_stored) == (2, 2, 5)
+    assert resumed.buffer.num_transitions == 5
+    assert resumed.server.watermarks()[stream].stored_through == 2
+    assert deliver(resumed, stream, 3, chunk(1, 0, 4))
+    assert deliver(resumed, stream, 4, chunk(1, 4, 1, end=True))
+    assert resumed.online_transitions == 10 and resumed.buffer.num_transitions == 10
+    resumed.server.close()
+
+
+def test_warmup_gate_then_updates_publish_finite_params(tmp_path):
+    learner = make_learner(config(tmp_path))
+    assert deliver(learner, "a0/x", 1, chunk(0, 0, 5, end=True))
+    assert not learner.warmup_done and not learner.can_update()
+    assert deliver(learner, "a0/x", 2, chunk(1, 0, 1, end=True))
+    assert learner.warmup_done and learner.can_update()
+    before = export_acting_params(learner.agent)
+    metrics = learner.update()
+    assert np.isfinite(metrics["critic_loss"])
+    after = export_acting_params(learner.agent)
+    assert any(not np.array_equal(before[k], after[k]) for k in before if k.startswith("actor/"))
+    learner.publish()
+    assert learner.counters.params_version == 1
+
+    poisoned = jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), learner.agent.actor.params)
+    learner.agent = learner.agent.replace(actor=learner.agent.actor.replace(params=poisoned))
+    with pytest.raises(LearnerError, match="not finite"):
+        learner.publish()
+    with pytest.raises(LearnerError, match="non-finite"):
+        learner.update()
+    learner.server.close()
+
+
+def test_offline_data_is_mixed_into_each_batch(tmp_path):
+    store = EpisodeStore(tmp_path / "demos", create=True)
+    rng = np.random.default_rng(0)
+    for episode in range(2):
+        recorder = EpisodeRecorder(store)
+        recorder.start({"state": np.zeros(STATE_DIM, np.float32)}, make_metadata(task="peg_insertion", source="teleop"))
+        for step in range(5):
+            recorder.add(rng.uniform(-1, 1, ACTION_DIM), float(step == 4), {"state": np.full(STATE_DIM, 7.0, np.float32)},
+                         step == 4, False)
+    cfg = config(tmp_path, "agent.online.offline_ratio=0.5")
+    with pytest.raises(LearnerError, match="--offline-data"):
+        make_learner(cfg)
+    learner = make_learner(cfg, offline_dirs=[str(tmp_path / "demos")])
+    assert learner.offline.num_transitions == 10
+    deliver(learner, "a0/x", 1, chunk(0, 0, 6, end=True))
+    from agent.learner import sample_update_batches
+
+    batches = sample_update_batches(learner.buffer, learner.offline, learner.rng, 8, 2, 0.5, (), True, True)
+    assert batches["actions"].shape == (2, 8, ACTION_DIM)
+    from_offline = np.all(batches["observations"]["state"] == 0.0, axis=-1) | \
+        np.all(batches["next_observations"]["state"] == 7.0, axis=-1)
+    assert from_offline.sum(axis=1).tolist() == [4, 4]
+    learner.update()
+    learner.server.close()
+
+
+def test_acting_params_travel_without_the_frozen_backbone_and_act_identically(tmp_path):
+    cfg = config(tmp_path, "agent.encoder.proprio_dim=16").agent
+    obs = {"state": np.linspace(-1, 1, STATE_DIM).astype(np.float32)}
+    source = create_agent(cfg, obs, ACTION_DIM, seed=1)
+    # A frozen backbone (a stand-in tree here) stays home: only trainable parts travel.
+    source = source.replace(frozen_backbone={"conv": {"kernel": jnp.ones((3, 3))}})
+    assert backbone_digest(source) and backbone_digest(source.replace(frozen_backbone={})) == ""
+    # An actor's agent as it starts: other trainable parameters.
+    target = source.replace(actor=source.actor.replace(params=jax.tree.map(jnp.zeros_like, source.actor.params)),
+                            critic=source.critic.replace(params=jax.tree.map(jnp.zeros_like, source.critic.params)))
+    arrays = export_acting_params(source)
+    assert {k.split("/")[0] for k in arrays} == {"actor", "encoder"}
+    assert set(trainable_acting_params(source)) == {"actor", "encoder"}
+    assert not np.allclose(act(target, obs), act(source, obs))
+    target = apply_acting_params(target, arrays)
+    np.testing.assert_allclose(act(target, obs), act(source, obs), rtol=1e-6)
+    wrong = dict(arrays)
+    name = next(k for k in wrong if k.startswith("actor/"))
+    wrong[name] = wrong[name][..., :1]
+    with pytest.raises(ValueError, match=name):
+        apply_acting_params(target, wrong)
+    with pytest.raises(ValueError, match="not part of this agent"):
+        apply_acting_params(target, {**arrays, "actor/extra": np.zeros(1, np.float32)})
+
+
+def test_example_observation_fits_the_spec(tmp_path):
+    spec, _ = observation_spec_from_config(config(tmp_path, "env.cameras=[wrist_1,wrist_2]"))
+    example = example_observation(spec)
+    assert example["wrist_2"].shape == (128, 128, 3) and example["wrist_2"].dtype == np.uint8
