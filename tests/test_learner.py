@@ -9,7 +9,12 @@ import pytest
 from agent.core import act, create_agent
 from agent.data.episodes import EpisodeRecorder, EpisodeStore, make_metadata
 from agent.learner import Learner, LearnerError, example_observation, observation_spec_from_config
-from agent.param_sync import apply_acting_params, backbone_digest, export_acting_params, trainable_acting_params
+from agent.param_sync import (
+    apply_acting_params,
+    backbone_digest,
+    export_acting_params,
+    trainable_acting_params,
+)
 from agent.transport.protocol import TransitionChunk
 from agent.transport.server import Delivery
 from franka_rl.config import load_config
@@ -112,7 +117,7 @@ def test_warmup_gate_then_updates_publish_finite_params(tmp_path):
 def test_offline_data_is_mixed_into_each_batch(tmp_path):
     store = EpisodeStore(tmp_path / "demos", create=True)
     rng = np.random.default_rng(0)
-    for episode in range(2):
+    for _ in range(2):
         recorder = EpisodeRecorder(store)
         recorder.start({"state": np.zeros(STATE_DIM, np.float32)}, make_metadata(task="peg_insertion", source="teleop"))
         for step in range(5):
