@@ -221,3 +221,18 @@ def test_offline_data_that_does_not_fit_the_env_is_refused(tmp_path):
                                 offline_data=str(data), progress=False)
     with pytest.raises(TrainGymError, match="offline_ratio"):
         train_gym(rlpd_without_ratio, tiny_config(), log=lambda message: None)
+
+
+def test_rlpd_preset_mixes_offline_data_from_the_first_step(tmp_path):
+    data = tmp_path / "episodes"
+    _random_pendulum_episodes(data, episodes=1)
+    out = tmp_path / "run"
+    code = main(["train-gym", "--env", "Pendulum-v1", "--preset", "rlpd", "--algo", "sac", "--offline-data",
+                 str(data), "--steps", "60", "--random-steps", "0", "--max-episode-steps", "20", "--eval-every",
+                 "60", "--eval-episodes", "1", "--log-every", "20", "--no-progress", "--out", str(out), *TINY])
+    assert code == 0
+    assert "offline_ratio: 0.5" in (out / "config.yaml").read_text()
+    rows = read_metrics(out / "metrics.jsonl")
+    # Updates run before the first online episode ends: the offline half fills the batch.
+    assert [r["step"] for r in rows if "train/critic_loss" in r] == [20, 40, 60]
+    assert all(r["train/mc_return"] < -10 for r in rows if "train/mc_return" in r)

@@ -12,7 +12,8 @@ _GYM_DEFAULTS_HELP = (
     "sparse -1/0 shaping and 0.98 discount do not fit dense gym rewards): agent.reward.scale=1 "
     "agent.reward.bias=0 agent.reward.sparse=false agent.sac.discount=0.99 agent.encoder.proprio_dim=0. "
     "--algo sac also sets agent.network.num_critics=2 (REDQ keeps the ensemble of 10); calql/cql set "
-    "agent.cql.enabled=true and agent.cql.calql_bound=true/false."
+    "agent.cql.enabled=true and agent.cql.calql_bound=true/false. A --preset applies under both "
+    "(so --algo decides the CQL keys), e.g. --preset rlpd gives agent.online.offline_ratio=0.5."
 )
 
 
@@ -33,8 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "  franka-rl train-gym --env Pendulum-v1 --algo redq agent.sac.utd=4 agent.network.num_critics=10\n"
             "  franka-rl train-gym --env Pendulum-v1 --algo calql --offline-data runs/pendulum-episodes \\\n"
             "      --offline-steps 20000 --steps 10000 agent.online.warmup_steps=1000\n"
-            "  franka-rl train-gym --env Pendulum-v1 --algo sac --offline-data mujoco/pendulum/expert-v0 \\\n"
-            "      agent.online.offline_ratio=0.5            # RLPD: half of every batch offline\n"
+            "  franka-rl train-gym --env Pendulum-v1 --algo sac --preset rlpd --offline-data runs/pendulum-episodes\n"
+            "      # RLPD: half of every batch from the offline episodes\n"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
