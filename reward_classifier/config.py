@@ -37,7 +37,7 @@ class ClassifierConfig:
     learning_rate: float = 1e-4
     # Balanced: half positives, half negatives.
     batch_size: int = 256
-    steps: int = 3000
+    steps: int = 1500
     # Fraction of episodes (not frames) held out for validation and the threshold.
     validation_fraction: float = 0.2
     eval_every: int = 250

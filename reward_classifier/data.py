@@ -73,8 +73,9 @@ def load_labelled_frames(directories: Sequence[str | os.PathLike], image_keys: S
             missing = [key for key in image_keys if key not in episode.observations]
             if missing:
                 raise ClassifierDataError(
-                    f"{path} has no camera {missing} (it has {sorted(episode.observations)}); set "
-                    f"classifier.image_keys to cameras the data has"
+                    f"{path} has no camera {missing} (it has {sorted(episode.observations)}); use data "
+                    f"recorded with cameras {list(image_keys)}, or train with classifier.image_keys set "
+                    "to cameras the data has"
                 )
             for key in image_keys:
                 frames = episode.observations[key]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,8 +127,10 @@ class SuccessClassifier:
         images = {key: np.asarray(observation[key])[None] for key in self.image_keys}
         return float(self._probability(self.backbone_params, self.head_params, images)[0])
 
-    def probabilities(self, images: Mapping[str, np.ndarray], batch_size: int = 64) -> np.ndarray:
-        """Success probability of each frame of uint8 images {camera: (N, H, W, 3)}."""
+    def probabilities(self, images: Mapping[str, np.ndarray], batch_size: int = 64,
+                      progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """Success probability of each frame of uint8 images {camera: (N, H, W, 3)};
+        `progress(n)` is called after each batch of n frames."""
         count = len(images[self.image_keys[0]])
         out = []
         for start in range(0, count, batch_size):
@@ -138,6 +140,8 @@ class SuccessClassifier:
                 chunk = {k: np.concatenate([v, np.zeros((batch_size - size,) + v.shape[1:], v.dtype)])
                          for k, v in chunk.items()}
             out.append(np.asarray(self._probability(self.backbone_params, self.head_params, chunk))[:size])
+            if progress is not None:
+                progress(size)
         return np.concatenate(out) if out else np.zeros(0)
 
 
@@ -154,6 +158,9 @@ def load_classifier(directory: str | os.PathLike, image_shapes: Mapping[str, Seq
     except (OSError, ValueError, TypeError) as exc:
         raise ClassifierLoadError(f"cannot read {path} ({type(exc).__name__}: {exc}); retrain with "
                                   "`franka-rl train-classifier`") from None
+    if not isinstance(restored, dict):
+        raise ClassifierLoadError(f"{path} does not hold classifier parameters; retrain with "
+                                  "`franka-rl train-classifier`")
     head = make_head(meta["image_keys"], meta["pooling"], meta["spatial_features"], meta["hidden_dim"],
                      meta["dropout"])
     image_shape = tuple(meta["image_shape"])

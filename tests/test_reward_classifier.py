@@ -72,6 +72,28 @@ def test_split_holds_out_whole_episodes_with_both_labels():
         split_by_episode(episode, np.zeros(200, bool), 0.25, seed=0)
 
 
+def test_labels_fall_back_to_info_success_then_rewards(tmp_path):
+    from agent.data import EpisodeStore
+    from agent.data.episodes import Episode
+    from reward_classifier.data import load_labelled_frames
+
+    def episode(steps, **extra):
+        return Episode({"wrist_1": np.zeros((steps + 1, 4, 4, 3), np.uint8)}, np.zeros((steps, 6), np.float32),
+                       extra.pop("rewards", np.zeros(steps, np.float32)), np.zeros(steps, bool), np.zeros(steps, bool),
+                       np.zeros(steps, bool), {"task": "t", "source": "policy"}, **extra)
+
+    store = EpisodeStore(tmp_path, create=True)
+    store.write(episode(3, frame_info={"success_label": np.array([0, 0, 1, 1], bool)}))
+    store.write(episode(3, info={"success": np.array([0, 1, 0], bool)}))
+    store.write(episode(3, rewards=np.array([0, 0, 1], np.float32)))
+    frames = load_labelled_frames([tmp_path], ["wrist_1"])
+    assert frames.labels.tolist() == [0, 0, 1, 1] + [0, 0, 1, 0] + [0, 0, 0, 1]
+    assert frames.episode.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert frames.label_sources == {"success_label": 1, "info/success": 1, "rewards": 1}
+    with pytest.raises(ClassifierDataError, match="wrist_2"):
+        load_labelled_frames([tmp_path], ["wrist_1", "wrist_2"])
+
+
 # ---------------------------------------------------------------------------------------------
 # Reward wrapper
 
@@ -261,7 +283,7 @@ def test_train_then_eval_classifier_cli_write_their_files(tmp_path, capsys):
     assert "balanced accuracy" in capsys.readouterr().out
 
     report = tmp_path / "report"
-    assert main(["eval-classifier", "--model", str(model), "--data", str(data), "--out", str(report)]) == 0
+    assert main(["eval-classifier", "--model", str(model), "--data", str(data), "--out", str(report), "--quiet"]) == 0
     evaluated = json.loads((report / "metrics.json").read_text())
     assert evaluated["positives"] + evaluated["negatives"] > metrics["positives"] + metrics["negatives"]
     assert all((report / name).is_file() for name in ("roc.png", "confusion.png", "worst_frames.png"))

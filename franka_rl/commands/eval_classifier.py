@@ -32,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="report directory (default: <model>/eval-<name of the first --data>)")
     parser.add_argument("--threshold", type=float, default=None,
                         help="judge at this probability instead of the model's threshold")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
 
 
@@ -51,7 +52,10 @@ def run(args: argparse.Namespace) -> int:
     check_cameras(meta, shapes, f"the data in {', '.join(args.data)}", args.model)
     classifier = load_classifier(args.model)
     threshold = args.threshold if args.threshold is not None else classifier.threshold
-    probabilities = classifier.probabilities(frames.images)
+    from tqdm import tqdm
+
+    with tqdm(total=len(frames), desc="classifying", unit="frame", disable=args.quiet) as bar:
+        probabilities = classifier.probabilities(frames.images, progress=bar.update)
     out = Path(args.out or Path(args.model) / f"eval-{Path(args.data[0]).resolve().name}")
     metrics = write_report(out, frames, probabilities, threshold,
                            {"model": str(args.model), "data": [str(d) for d in args.data],
