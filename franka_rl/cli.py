@@ -84,4 +84,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run through the imported module, not this `__main__` copy: commands raise the imported
+    # module's `UserError`, which a copy's `except` would not recognise.
+    from franka_rl.cli import main as imported_main
+
+    sys.exit(imported_main())

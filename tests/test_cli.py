@@ -57,3 +57,14 @@ def test_ci_runs_the_readme_test_command():
     ]
     assert len(ci_command) == 1
     assert ci_command[0] in (REPO / "README.md").read_text()
+
+
+def test_module_entry_points_print_user_errors_as_one_line():
+    import subprocess
+    import sys
+
+    for module in ("franka_rl", "franka_rl.cli"):
+        result = subprocess.run([sys.executable, "-m", module, "show-config", "bogus.key=1"],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr and "bad config key 'bogus'" in result.stderr
