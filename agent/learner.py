@@ -33,12 +33,12 @@ import numpy as np
 from agent.checkpoint import AgentCheckpointer
 from agent.core import Agent, agent_encode_frames, create_agent, uses_feature_cache
 from agent.data.episodes import EpisodeStore
-from agent.data.replay_buffer import FEATURES_SUFFIX, ReplayBuffer
+from agent.data.replay_buffer import ReplayBuffer
 from agent.metrics import MetricsWriter
 from agent.param_sync import all_finite, backbone_digest, export_acting_params, export_backbone
 from agent.process_config import validate_process_config
-from agent.rlpd import mix_batches, offline_batch_size
 from agent.sac import learner_step
+from agent.sampling import sample_batches
 from agent.transport.server import Delivery, LearnerServer, Watermarks
 from agent.wsrl import policy_drift, start_online_from_checkpoint, updates_allowed, wsrl_switch
 
@@ -127,51 +127,6 @@ class LearnerCounters:
     recent_interventions: deque = field(default_factory=lambda: deque(maxlen=20))
 
 
-# ------------------------------------------------------------------------------------ batches
-
-
-def _agent_observations(observations: Mapping[str, np.ndarray], image_keys: Sequence[str]) -> dict[str, np.ndarray]:
-    """Cached features stand in for their camera's frames under the camera's own key."""
-    out = {k: v for k, v in observations.items() if not k.endswith(FEATURES_SUFFIX)}
-    for key in image_keys:
-        cached = observations.get(key + FEATURES_SUFFIX)
-        if cached is not None:
-            out[key] = cached
-    return out
-
-
-def to_update_batch(sample: Mapping[str, Any], image_keys: Sequence[str], bootstrap_on_truncation: bool) -> dict:
-    """A buffer sample as the update reads it: raw rewards (the update shapes them), masks, G."""
-    masks = sample["masks"] if bootstrap_on_truncation else (1.0 - sample["dones"]).astype(np.float32)
-    return {
-        "observations": _agent_observations(sample["observations"], image_keys),
-        "next_observations": _agent_observations(sample["next_observations"], image_keys),
-        "actions": sample["actions"],
-        "rewards": sample["raw_rewards"],
-        "masks": masks,
-        "mc_returns": sample["mc_returns"],
-    }
-
-
-def sample_update_batches(online: ReplayBuffer, offline: ReplayBuffer | None, rng: np.random.Generator,
-                          batch_size: int, utd: int, offline_ratio: float, image_keys: Sequence[str],
-                          bootstrap_on_truncation: bool, frames: bool) -> dict:
-    """`utd` batches stacked on a leading axis, each mixing offline data per `offline_ratio` (RLPD)."""
-    groups = []
-    for _ in range(utd):
-        n_off = 0
-        if offline is not None:
-            n_off = offline_batch_size(batch_size, offline_ratio, offline.num_transitions, online.num_transitions)
-        parts = []
-        if n_off:
-            parts.append(to_update_batch(offline.sample(n_off, rng, frames=frames), image_keys, bootstrap_on_truncation))
-        if batch_size - n_off:
-            parts.append(to_update_batch(online.sample(batch_size - n_off, rng, frames=frames), image_keys,
-                                         bootstrap_on_truncation))
-        groups.append(parts[0] if len(parts) == 1 else mix_batches(*parts))
-    return jax.tree.map(lambda *xs: np.stack(xs), *groups)
-
-
 # ------------------------------------------------------------------------------------ learner
 
 
@@ -205,7 +160,6 @@ class Learner:
         else:
             online = wsrl_switch(create_agent(cfg.agent, example, self.action_dim, seed=cfg.seed), cfg.agent.online)
         self.agent = online
-        self.image_keys = tuple(self.agent.spec.image_keys)
         self.feature_cache = uses_feature_cache(self.agent)
         buffer_kwargs = dict(
             reward_scale=cfg.agent.reward.scale, reward_bias=cfg.agent.reward.bias,
@@ -368,9 +322,9 @@ class Learner:
 
     def update(self) -> dict[str, float]:
         sac = self.cfg.agent.sac
-        batches = sample_update_batches(
+        batches = sample_batches(
             self.buffer, self.offline, self.rng, sac.batch_size, sac.utd, self.cfg.agent.online.offline_ratio,
-            self.image_keys, self.cfg.agent.reward.bootstrap_on_truncation, frames=not self.feature_cache)
+            bootstrap_on_truncation=self.cfg.agent.reward.bootstrap_on_truncation, frames=not self.feature_cache)
         agent, metrics = learner_step(self.agent, batches)
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
@@ -518,6 +472,4 @@ __all__ = [
     "example_observation",
     "install_stop_handlers",
     "observation_spec_from_config",
-    "sample_update_batches",
-    "to_update_batch",
 ]

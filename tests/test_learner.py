@@ -129,9 +129,9 @@ def test_offline_data_is_mixed_into_each_batch(tmp_path):
     learner = make_learner(cfg, offline_dirs=[str(tmp_path / "demos")])
     assert learner.offline.num_transitions == 10
     deliver(learner, "a0/x", 1, chunk(0, 0, 6, end=True))
-    from agent.learner import sample_update_batches
+    from agent.sampling import sample_batches
 
-    batches = sample_update_batches(learner.buffer, learner.offline, learner.rng, 8, 2, 0.5, (), True, True)
+    batches = sample_batches(learner.buffer, learner.offline, learner.rng, 8, 2, 0.5)
     assert batches["actions"].shape == (2, 8, ACTION_DIM)
     from_offline = np.all(batches["observations"]["state"] == 0.0, axis=-1) | \
         np.all(batches["next_observations"]["state"] == 7.0, axis=-1)
@@ -169,3 +169,20 @@ def test_example_observation_fits_the_spec(tmp_path):
     spec, _ = observation_spec_from_config(config(tmp_path, "env.cameras=[wrist_1,wrist_2]"))
     example = example_observation(spec)
     assert example["wrist_2"].shape == (128, 128, 3) and example["wrist_2"].dtype == np.uint8
+
+
+@pytest.mark.slow  # builds a ResNet-10 and compiles an update through the image heads
+def test_camera_learner_caches_backbone_features_and_trains_on_them(tmp_path):
+    cfg = config(tmp_path, "env.cameras=[wrist_1]", "env.image_height=32", "env.image_width=32",
+                 "agent.encoder.image_head_dim=16", "agent.encoder.spatial_features=2")
+    learner = make_learner(cfg)
+    assert learner.feature_cache and learner.buffer.has_features
+    rng = np.random.default_rng(0)
+    steps = 6
+    c = chunk(0, 0, steps, end=True)
+    c.next_observations["wrist_1"] = rng.integers(0, 255, (steps, 32, 32, 3), dtype=np.uint8)
+    c.first_observation["wrist_1"] = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    assert deliver(learner, "a0/x", 1, c)
+    assert np.isfinite(learner.update()["critic_loss"])
+    assert not any(k.startswith("backbone") for k in export_acting_params(learner.agent))
+    learner.server.close()
