@@ -38,6 +38,13 @@ def policy_q_values(agent: Agent, observations: dict) -> jax.Array:
     return q.mean(axis=0)
 
 
+@jax.jit
+def data_q_values(agent: Agent, observations: dict, actions: jax.Array) -> jax.Array:
+    """Ensemble-mean Q(s, a) at given (e.g. recorded) actions -> (B,)."""
+    features = encode(agent, agent.critic.params, observations)
+    return agent.nets.critic.apply({"params": agent.critic.params["q"]}, features, actions).mean(axis=0)
+
+
 def _agent_observations(agent: Agent, episode: Episode) -> dict[str, np.ndarray]:
     keys = [*agent.spec.image_keys, *([agent.spec.state_key] if agent.spec.state_key else [])]
     missing = [k for k in keys if k not in episode.observations]
@@ -55,21 +62,36 @@ def episode_returns(agent: Agent, episode: Episode, sparse: bool = True) -> np.n
     return mc_returns(shaped, episode.terminated, spec.discount, failure)
 
 
-def episode_calibration(agent: Agent, episode: Episode, sparse: bool = True,
-                        chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """(Q, G) at every step of one episode."""
-    observations = _agent_observations(agent, episode)
+def episode_calibration(agent: Agent, episode: Episode, sparse: bool = True, actions: str = "policy",
+                        chunk: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """(Q, G) at every step of one episode; Q at the policy's action ("policy") or the recorded one ("data")."""
+    if actions not in ("policy", "data"):
+        raise ValueError(f"actions must be 'policy' or 'data', got '{actions}'")
     steps = len(episode)
-    q = np.concatenate([
-        np.asarray(policy_q_values(agent, {k: v[start:start + chunk] for k, v in observations.items()}))
-        for start in range(0, steps, chunk)
-    ]) if steps else np.zeros(0, np.float32)
+    # Padded to whole chunks (edge rows) so that every episode length shares one compiled shape.
+    padded = -(-steps // chunk) * chunk
+    observations = {k: _pad(v, padded) for k, v in _agent_observations(agent, episode).items()}
+    recorded = _pad(np.asarray(episode.actions, np.float32), padded)
+    parts = []
+    for start in range(0, padded, chunk):
+        obs = {k: v[start:start + chunk] for k, v in observations.items()}
+        q = policy_q_values(agent, obs) if actions == "policy" else data_q_values(agent, obs, recorded[start:start + chunk])
+        parts.append(np.asarray(q))
+    q = np.concatenate(parts)[:steps] if parts else np.zeros(0, np.float32)
     return q.astype(np.float32), episode_returns(agent, episode, sparse)
 
 
-def calibration_points(agent: Agent, episodes: Sequence[Episode], sparse: bool = True) -> tuple[Curves, Curves]:
-    """(Q per episode, G per episode): lists of per-step arrays, one pair per episode."""
-    pairs = [episode_calibration(agent, episode, sparse) for episode in episodes]
+def _pad(array: np.ndarray, length: int) -> np.ndarray:
+    if len(array) == length or len(array) == 0:
+        return array
+    return np.concatenate([array, np.repeat(array[-1:], length - len(array), axis=0)])
+
+
+def calibration_points(agent: Agent, episodes: Sequence[Episode], sparse: bool = True,
+                       actions: str = "policy") -> tuple[Curves, Curves]:
+    """(Q per episode, G per episode): lists of per-step arrays, one pair per episode. Q is
+    Q(s, π(s)) (`actions="policy"`, deterministic action) or Q(s, a) at the recorded actions ("data")."""
+    pairs = [episode_calibration(agent, episode, sparse, actions) for episode in episodes]
     return [q for q, _ in pairs], [g for _, g in pairs]
 
 
