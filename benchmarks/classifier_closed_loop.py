@@ -2,7 +2,7 @@
 wrapper decides success and ends the episode, and each decision is checked against ground truth.
 
     .venv/bin/python benchmarks/classifier_closed_loop.py --model runs/classifier
-        [--episodes 100] [--noise 0.3] [--perturbation-prob 0.05] [--debounce 1] [--seed 10000]
+        [--episodes 100] [--noise 0.1] [--perturbation-prob 0.05] [--debounce 1] [--seed 10000]
 
 The env uses the model's cameras and image size. Seeds start at --seed (keep them away from the
 seeds the training data was recorded with). Per episode the outcome is one of:
@@ -43,7 +43,7 @@ class TimedClassifier:
         return p
 
 
-def run_episode(env, expert, seed: int) -> dict:
+def run_episode(env, expert, seed: int, threshold: float) -> dict:
     _, info = env.reset(seed=seed)
     expert.reset()
     first_truth, fired, steps = None, None, 0
@@ -56,7 +56,7 @@ def run_episode(env, expert, seed: int) -> dict:
             first_truth = steps
         if not info["success"]:
             negative_frames += 1
-            false_positive_frames += info["classifier_probability"] > env.threshold
+            false_positive_frames += info["classifier_probability"] > threshold
         if terminated:
             fired = steps
     if fired is not None:
@@ -71,7 +71,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="train-classifier's output directory")
     parser.add_argument("--episodes", type=int, default=100)
-    parser.add_argument("--noise", type=float, default=0.3, help="expert's Gaussian action noise (std)")
+    parser.add_argument("--noise", type=float, default=0.1, help="expert's Gaussian action noise (std)")
     parser.add_argument("--perturbation-prob", type=float, default=0.05,
                         help="expert's per-step chance of a 5-step random burst")
     parser.add_argument("--debounce", type=int, default=1, help="classifier.debounce_steps")
@@ -85,12 +85,13 @@ def main() -> None:
     timed = TimedClassifier(load_classifier(args.model))
     env = wrap_with_classifier(env, ClassifierConfig(debounce_steps=args.debounce, threshold=args.threshold),
                                classifier=timed)
+    threshold = env.get_wrapper_attr("threshold")
     expert = sim.PegInsertionExpert(env, noise=args.noise, perturbation_prob=args.perturbation_prob, seed=args.seed)
 
     started = time.time()
     results = []
     for i in range(args.episodes):
-        results.append(run_episode(env, expert, args.seed + i))
+        results.append(run_episode(env, expert, args.seed + i, threshold))
         counts = {k: sum(r["outcome"] == k for r in results) for k in ("true success", "false success", "missed")}
         print(f"\repisode {i + 1}/{args.episodes} | {counts}", end="", flush=True)
     print()
@@ -106,7 +107,7 @@ def main() -> None:
     frame_fp = sum(r["false_positive_frames"] for r in results)
     ms = np.asarray(timed.milliseconds[3:])  # the first calls include compilation
     print(f"\nclassifier {args.model}: {meta['backbone']}, {meta['pooling']} pooling, cameras "
-          f"{meta['image_keys']} at {height}x{width}, threshold {env.threshold:.4f}, debounce {args.debounce}")
+          f"{meta['image_keys']} at {height}x{width}, threshold {threshold:.4f}, debounce {args.debounce}")
     print(f"expert noise {args.noise}, perturbation prob {args.perturbation_prob}; seeds {args.seed}.."
           f"{args.seed + n - 1}; {time.time() - started:.0f} s\n")
     print(f"{'outcome':28} {'episodes':>9} {'rate':>8}")

@@ -46,6 +46,9 @@ class RewardClassifierWrapper(gym.Wrapper):
 
     def step(self, action):
         observation, _, _, truncated, info = self.env.step(action)
+        # Statistics from inside describe the task's own episode ends, not this wrapper's;
+        # wrap_with_classifier adds a statistics wrapper outside that sees the classifier's.
+        info.pop("episode", None)
         probability = self.classifier.probability(observation)
         self._streak = self._streak + 1 if probability > self.threshold else 0
         success = self._streak >= self.debounce_steps
@@ -74,12 +77,15 @@ def tcp_pose_check(env: gym.Env, tolerance_m: float) -> Callable[[], bool]:
 
 
 def wrap_with_classifier(env: gym.Env, cfg: ClassifierConfig, model_dir: str | None = None,
-                         classifier: Any = None) -> RewardClassifierWrapper:
+                         classifier: Any = None) -> gym.Env:
     """The actor's entry point: `env` with reward and termination from the classifier in
     `model_dir` (default `cfg.model_dir`). Fails with one line (ClassifierLoadError) when the
     classifier was trained for other cameras or image sizes than the env has. `classifier` may
-    be given already loaded (e.g. shared between envs)."""
+    be given already loaded (e.g. shared between envs). The result ends, like `make_env`'s, in an
+    `EpisodeStatisticsWrapper`, whose `info["episode"]` now marks the classifier's episode ends
+    (its `return` counts classifier successes; its `success` is the env's own `info["success"]`)."""
     from reward_classifier.saved_model import ClassifierLoadError, load_classifier
+    from robot_env import EpisodeStatisticsWrapper
 
     if classifier is None:
         directory = model_dir or cfg.model_dir
@@ -93,4 +99,4 @@ def wrap_with_classifier(env: gym.Env, cfg: ClassifierConfig, model_dir: str | N
         classifier.check_observation_space(env.observation_space)
     threshold = cfg.threshold if cfg.threshold is not None else classifier.threshold
     pose_check = tcp_pose_check(env, cfg.pose_tolerance_m) if cfg.pose_check else None
-    return RewardClassifierWrapper(env, classifier, threshold, cfg.debounce_steps, pose_check)
+    return EpisodeStatisticsWrapper(RewardClassifierWrapper(env, classifier, threshold, cfg.debounce_steps, pose_check))

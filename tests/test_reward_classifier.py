@@ -193,11 +193,13 @@ def test_tcp_pose_check_in_the_state_only_twin():
 def test_wrap_with_classifier_uses_config_threshold_and_debounce():
     table = np.array([0.0] + [0.7] * 20)
     cfg = ClassifierConfig(threshold=0.6, debounce_steps=2)
-    rewards, terminated, _ = run_episode(wrap_with_classifier(CountingEnv(), cfg, classifier=ScriptedProbability(table)))
+    rewards, terminated, infos = run_episode(wrap_with_classifier(CountingEnv(), cfg, classifier=ScriptedProbability(table)))
     assert terminated and rewards == [0.0, 1.0]
+    # Episode statistics follow the classifier's episode end.
+    assert "episode" not in infos[1] and infos[2]["episode"]["length"] == 2 and infos[2]["episode"]["return"] == 1.0
     cfg = ClassifierConfig(threshold=None)  # the stored 0.5
     env = wrap_with_classifier(CountingEnv(), cfg, classifier=ScriptedProbability(table))
-    assert env.threshold == 0.5
+    assert env.get_wrapper_attr("threshold") == 0.5
     with pytest.raises(ClassifierLoadError, match="model_dir"):
         wrap_with_classifier(CountingEnv(), ClassifierConfig())
 
