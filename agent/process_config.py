@@ -45,9 +45,10 @@ class ActorConfig:
     episodes_dir: str = ""
     # Steps per transitions message (a message never spans two episodes).
     send_every_steps: int = 1
-    # Transitions kept in memory until the learner has them in a checkpoint. When full, the
-    # actor finishes its episode and waits (holding pose) for the learner to catch up.
-    max_unacked_transitions: int = 50_000
+    # Transitions kept in memory until the learner has them in a checkpoint (about 98 kB each with
+    # two 128x128 cameras: 20 000 is ~2 GB, 33 minutes at 10 Hz). When full, the actor finishes
+    # its episode and waits (holding pose) for the learner to catch up.
+    max_unacked_transitions: int = 20_000
     # When the learner is unreachable: "continue" acting with the last parameters (everything
     # is recorded and resent later) or "finish_episode" and wait, holding pose, for the learner.
     on_learner_loss: str = "continue"
