@@ -41,7 +41,7 @@ from agent.gym_env import agent_observations, make_gym_env, normalize_actions, s
 from agent.metrics import MetricsWriter, read_metrics
 from agent.sac import learner_step, update
 from agent.sampling import sample_batches
-from agent.wsrl import updates_allowed, wsrl_switch
+from agent.wsrl import policy_drift, updates_allowed, wsrl_switch
 
 ALGOS = ("sac", "redq", "calql", "cql")
 
@@ -295,6 +295,10 @@ def train_gym(run: GymRun, cfg: AgentConfig, seed: int = 0, log: Callable[[str],
                     if run.checkpoint_every and step % run.checkpoint_every == 0:
                         save(step, "offline")
                     progress.update(1, **postfix)
+            except KeyboardInterrupt:
+                save(offline_done, "offline-interrupted")
+                progress.write(f"interrupted: checkpoint of offline update {offline_done} in {checkpointer.directory}")
+                raise
             finally:
                 progress.close()
             save(offline_done, "offline")
@@ -315,7 +319,7 @@ def train_gym(run: GymRun, cfg: AgentConfig, seed: int = 0, log: Callable[[str],
         progress = _Progress(run.progress, run.env_steps, f"online {run.env_id}", "step")
         obs, _ = env.reset(seed=seed)
         episode_return, episode_length, episodes_done, reward_warned = 0.0, 0, 0, False
-        last_eval, metrics = None, None
+        last_eval = None
         try:
             for step in range(1, run.env_steps + 1):
                 if step <= warmup and frozen is not None:
@@ -349,6 +353,9 @@ def train_gym(run: GymRun, cfg: AgentConfig, seed: int = 0, log: Callable[[str],
                                              utd, cfg.online.offline_ratio, bootstrap_on_truncation=bootstrap)
                     agent, metrics = learner_step(agent, batches)
                     if step % run.log_every == 0:
+                        if frozen is not None:  # WSRL forgetting diagnostics (online states unless mixing)
+                            states = jax.tree.map(lambda x: x[-1], batches["observations"])
+                            metrics = {**metrics, **policy_drift(agent, frozen.actor.params, states)}
                         writer.log(step, _scalars(metrics), prefix="train")
                 if step % run.eval_every == 0 or step == run.env_steps:
                     last_eval = evaluate(agent, eval_env, run.eval_episodes, seed + 10_000)
@@ -358,6 +365,10 @@ def train_gym(run: GymRun, cfg: AgentConfig, seed: int = 0, log: Callable[[str],
                 if run.checkpoint_every and step % run.checkpoint_every == 0:
                     save(offline_done + step, "online")
                 progress.update(1, **({"eval": f"{last_eval['return_mean']:.1f}"} if last_eval else {}))
+        except KeyboardInterrupt:
+            save(offline_done + env_steps_done, "online-interrupted")
+            progress.write(f"interrupted: checkpoint of env step {env_steps_done} in {checkpointer.directory}")
+            raise
         finally:
             progress.close()
             env.close()

@@ -199,6 +199,7 @@ def test_offline_calql_then_wsrl_fine_tuning(tmp_path):
     train = [r for r in rows if "train/critic_loss" in r]
     assert [r["step"] for r in train] == [60, 80, 100]
     assert not any("train/cql_penalty" in r for r in train)
+    assert all(r["train/drift_kl"] > -1e-5 and "train/drift_action_mse" in r for r in train)  # forgetting diagnostics
     assert summary["offline_steps"] == 40 and summary["env_steps"] == 100
     steps = AgentCheckpointer(run.run_dir / "checkpoints").all_steps()
     assert steps == [40, 140]
@@ -236,3 +237,28 @@ def test_rlpd_preset_mixes_offline_data_from_the_first_step(tmp_path):
     # Updates run before the first online episode ends: the offline half fills the batch.
     assert [r["step"] for r in rows if "train/critic_loss" in r] == [20, 40, 60]
     assert all(r["train/mc_return"] < -10 for r in rows if "train/mc_return" in r)
+
+
+class _InterruptedPendulum(gym.Wrapper):
+    """Pendulum whose 30th step raises KeyboardInterrupt, as Ctrl-C would."""
+
+    def __init__(self, **kwargs):
+        super().__init__(gym.make("Pendulum-v1", **kwargs))
+        self.steps = 0
+
+    def step(self, action):
+        self.steps += 1
+        if self.steps == 30:
+            raise KeyboardInterrupt
+        return self.env.step(action)
+
+
+def test_ctrl_c_keeps_a_checkpoint_and_the_metrics(tmp_path):
+    gym.register("InterruptedPendulumTest-v0", entry_point=_InterruptedPendulum)
+    run = GymRun(env_id="InterruptedPendulumTest-v0", run_dir=tmp_path / "run", env_steps=100, random_steps=100,
+                 max_episode_steps=10, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        train_gym(run, tiny_config(), log=lambda message: None)
+    assert AgentCheckpointer(run.run_dir / "checkpoints").all_steps() == [29]
+    rows = read_metrics(run.run_dir / "metrics.jsonl")
+    assert [r["step"] for r in rows if "train_episode/return" in r] == [10, 20]
