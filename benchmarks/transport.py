@@ -102,6 +102,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--transitions", type=int, default=2000)
     parser.add_argument("--broadcasts", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3, help="throughput runs per row; the best is shown")
     args = parser.parse_args()
 
     import jax.numpy as jnp
@@ -133,15 +134,17 @@ def main() -> None:
     bytes_per_transition = sum(int(np.prod(s)) * d.itemsize for s, d in SPEC.values()) + ACTION_DIM * 4 + 8
     print(f"transport over loopback: two 128x128 cameras + 19-D state, {bytes_per_transition / 1e3:.0f} kB per "
           "transition (the next observation; o_0 once per episode)")
-    print(f"{'steps per message':>18} {'transitions':>12} {'transitions/s':>14} {'MB/s':>8}")
+    print(f"{'steps per message':>18} {'transitions':>12} {'transitions/s':>14} {'MB/s':>8}   (best of {args.repeats})")
     for steps in (1, 10):
         chunks = make_chunks(max(args.transitions // steps, 1), steps)
-        started = time.perf_counter()
-        for chunk in chunks:
-            client.send(chunk)
-        while client.stored_through < client.last_sequence:
-            time.sleep(0.001)
-        elapsed = time.perf_counter() - started
+        elapsed = float("inf")
+        for _ in range(args.repeats):  # best of: other jobs on the host only ever slow a run down
+            started = time.perf_counter()
+            for chunk in chunks:
+                client.send(chunk)
+            while client.stored_through < client.last_sequence:
+                time.sleep(0.001)
+            elapsed = min(elapsed, time.perf_counter() - started)
         count = len(chunks) * steps
         print(f"{steps:>18} {count:>12} {count / elapsed:>14.0f} {count * bytes_per_transition / elapsed / 1e6:>8.1f}")
 
