@@ -186,3 +186,36 @@ def test_camera_learner_caches_backbone_features_and_trains_on_them(tmp_path):
     assert np.isfinite(learner.update()["critic_loss"])
     assert not any(k.startswith("backbone") for k in export_acting_params(learner.agent))
     learner.server.close()
+
+
+def test_starts_from_a_pretrained_checkpoint_in_warmup(tmp_path):
+    from agent.checkpoint import save_agent
+
+    cfg = config(tmp_path)
+    spec, action_dim = observation_spec_from_config(cfg)
+    pretrained = create_agent(cfg.agent, example_observation(spec), action_dim, seed=123)
+    save_agent(tmp_path / "pretrain", 7, pretrained, cfg.agent)
+    learner = make_learner(cfg, pretrained_dir=str(tmp_path / "pretrain"))
+    for name, value in export_acting_params(pretrained).items():
+        np.testing.assert_array_equal(export_acting_params(learner.agent)[name], value)
+    assert learner.pretrained is not None and not learner.agent.spec.cql_enabled
+    assert not learner.warmup_done
+    learner.server.close()
+
+
+def test_actor_env_gets_interventions_and_the_classifier_when_configured(tmp_path):
+    from agent.actor import build_env
+    from teleop.intervention import InterventionWrapper
+
+    env = build_env(config(tmp_path, "actor.intervention=true", "teleop.device=none"))
+    try:
+        assert isinstance(env, InterventionWrapper)
+        env.reset(seed=0)
+        _, _, _, _, info = env.step(np.zeros(ACTION_DIM, np.float32))
+        assert info["intervened"] is False and info["executed_action"].shape == (ACTION_DIM,)
+    finally:
+        env.close()
+    from reward_classifier.saved_model import ClassifierLoadError
+
+    with pytest.raises(ClassifierLoadError):
+        build_env(config(tmp_path, "classifier.enabled=true", f"classifier.model_dir={tmp_path / 'none'}"))
