@@ -165,7 +165,8 @@ class Learner:
             reward_scale=cfg.agent.reward.scale, reward_bias=cfg.agent.reward.bias,
             discount=cfg.agent.sac.discount, sparse_reward=cfg.agent.reward.sparse,
         )
-        feature_fn = self._feature_fn() if self.feature_cache else None
+        feature_fn = self._make_feature_fn() if self.feature_cache else None
+        self.feature_fn = feature_fn
         if resumed:
             self._resume(feature_fn)
         else:
@@ -195,7 +196,7 @@ class Learner:
 
     # ------------------------------------------------------------------ construction helpers
 
-    def _feature_fn(self) -> Callable[[np.ndarray], np.ndarray]:
+    def _make_feature_fn(self) -> Callable[[np.ndarray], np.ndarray]:
         # Reads self.agent at call time: after a resume that is the restored agent.
         return lambda frames: np.asarray(agent_encode_frames(self.agent, frames))
 
@@ -342,6 +343,29 @@ class Learner:
                             policy_drift(self.agent, self.pretrained.actor.params, last["observations"]).items()})
         return metrics
 
+    def compile_update(self) -> None:
+        """Compile the learner step on a batch of zeros and discard the result.
+
+        The first call of a jitted step compiles it (tens of seconds with image heads on a CPU);
+        doing that during the warm-up, while the server already answers actors, keeps it from
+        stalling the storing of transitions when the gate opens."""
+        sac = self.cfg.agent.sac
+        lead = (sac.utd, sac.batch_size)
+        observations = {}
+        for key, (shape, dtype) in self.spec.items():
+            if self.feature_cache and key in self.agent.spec.image_keys:
+                features = np.asarray(self.feature_fn(np.zeros((1, *shape), dtype)))
+                observations[key] = np.zeros((*lead, *features.shape[1:]), features.dtype)
+            else:
+                observations[key] = np.zeros((*lead, *shape), dtype)
+        batches = {
+            "observations": observations, "next_observations": observations,
+            "actions": np.zeros((*lead, self.action_dim), np.float32),
+            "rewards": np.zeros(lead, np.float32), "masks": np.ones(lead, np.float32),
+            "mc_returns": np.zeros(lead, np.float32),
+        }
+        jax.block_until_ready(learner_step(self.agent, batches))
+
     def publish(self) -> None:
         arrays = export_acting_params(self.agent)
         if not all_finite(arrays):
@@ -417,6 +441,8 @@ class Learner:
         self.report(f"learner listening on {self.server.endpoint} (session {self.server.session}); "
                     f"run directory {self.run_dir}")
         self.publish()
+        if not self.warmup_done:
+            self.compile_update()
         last_metrics: dict[str, float] = {}
         last_log_step = self.counters.steps
         last_status = 0.0

@@ -15,6 +15,7 @@ from agent.param_sync import (
     export_acting_params,
     trainable_acting_params,
 )
+from agent.sac import learner_step
 from agent.transport.protocol import TransitionChunk
 from agent.transport.server import Delivery
 from franka_rl.config import load_config
@@ -97,8 +98,11 @@ def test_warmup_gate_then_updates_publish_finite_params(tmp_path):
     assert not learner.warmup_done and not learner.can_update()
     assert deliver(learner, "a0/x", 2, chunk(1, 0, 1, end=True))
     assert learner.warmup_done and learner.can_update()
+    learner.compile_update()  # what run() does during the warm-up
+    compiled = learner_step._cache_size()
     before = export_acting_params(learner.agent)
     metrics = learner.update()
+    assert learner_step._cache_size() == compiled  # the real batches hit the compiled step
     assert np.isfinite(metrics["critic_loss"])
     after = export_acting_params(learner.agent)
     assert any(not np.array_equal(before[k], after[k]) for k in before if k.startswith("actor/"))
