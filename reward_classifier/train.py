@@ -137,12 +137,17 @@ def train_classifier(frames: LabelledFrames, cfg: ClassifierConfig, *, log: Call
                     log(step, values)
 
     probabilities = predict_in_batches(predict, state.params, val_features)
-    threshold = threshold_for_fpr(probabilities[~val_labels], cfg.target_fpr, cfg.min_threshold)
+    rule_threshold = threshold_for_fpr(probabilities[~val_labels], cfg.target_fpr)
+    threshold = max(rule_threshold, cfg.min_threshold)
     report = classification_report(val_labels, probabilities, threshold)
     train_probabilities = predict_in_batches(predict, state.params, {k: np.asarray(v) for k, v in train_features.items()})
     report.update(
         target_fpr=cfg.target_fpr,
         min_threshold=cfg.min_threshold,
+        # Before the floor; with the margin between the classes it shows how much slack there is.
+        fpr_rule_threshold=rule_threshold,
+        highest_failure_probability=float(probabilities[~val_labels].max()),
+        lowest_success_probability=float(probabilities[val_labels].min()),
         validation_episodes=int(np.unique(frames.episode[val_mask]).size),
         training_episodes=int(np.unique(frames.episode[train_mask]).size),
         training_balanced_accuracy=classification_report(train_labels, train_probabilities, threshold)["balanced_accuracy"],
