@@ -145,6 +145,8 @@ class Learner:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.buffer_dir = self.run_dir / "replay"
         self.buffer_dir.mkdir(exist_ok=True)
+        for leftover in self.buffer_dir.glob(".tmp-*"):  # a buffer save cut short by a crash
+            leftover.unlink(missing_ok=True)
         self.spec, self.action_dim = observation_spec_from_config(cfg)
         self.rng = np.random.default_rng(cfg.seed)
         self.counters = LearnerCounters()
