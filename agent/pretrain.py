@@ -112,7 +112,12 @@ def _load_source(source: str, trust_pickle: bool, report: Callable[[str], None],
         skipped.extend((str(p), reason) for p, reason in store.skipped)
         return episodes
     if path.suffix in PICKLE_SUFFIXES:
-        from agent.data.serl import PICKLE_WARNING, SerlImportError, load_serl_pickle, serl_transitions_to_episodes
+        from agent.data.serl import (
+            PICKLE_WARNING,
+            SerlImportError,
+            load_serl_pickle,
+            serl_transitions_to_episodes,
+        )
 
         if not trust_pickle:
             raise DatasetError(f"{path} is a pickle. {PICKLE_WARNING}; pass --trust-pickle to load it")
