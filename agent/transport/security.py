@@ -71,13 +71,15 @@ def generate_keys(directory: str | Path, actors: list[str]) -> dict[str, Path]:
     """Write a learner certificate and one per actor under `directory`, and admit those actors.
 
     Layout: learner.key / learner.key_secret, <actor>.key / <actor>.key_secret, and
-    authorized_actors/<actor>.key (the directory the learner reads).
+    authorized_actors/<actor>.key (the directory the learner reads). An existing learner
+    certificate is kept (so actors can be added later); an existing actor's is never overwritten.
     """
     root = Path(directory)
     authorized = root / "authorized_actors"
     authorized.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
-    for name in ["learner", *actors]:
+    names = list(actors) if (root / "learner.key_secret").exists() else ["learner", *actors]
+    for name in names:
         if (root / f"{name}.key_secret").exists():
             raise TransportError(f"{root / (name + '.key_secret')} exists; refusing to overwrite a key")
         public, secret = zmq.auth.create_certificates(root, name)
