@@ -19,6 +19,7 @@ import logging
 import signal
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -148,7 +149,9 @@ class Actor:
         self.stats = ActorStats(successes=deque(maxlen=acfg.stats_window),
                                 interventions=deque(maxlen=acfg.stats_window))
         self._stop = threading.Event()
-        self._key = jax.random.PRNGKey(cfg.seed + 7919)
+        # Actors of one run share cfg.seed; their ids keep their resets and action noise apart.
+        self._actor_seed = zlib.crc32(acfg.actor_id.encode())
+        self._key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), self._actor_seed)
         self._first_episode = len(self.store)
 
     # ------------------------------------------------------------------ parameters
@@ -248,10 +251,11 @@ class Actor:
         acfg = self.cfg.actor
         index = self._first_episode + self.stats.episodes
         source = "warm-up" if self.client.learner_warmup else "policy"
-        observation, _ = self.env.reset(seed=self.cfg.seed * 1_000_003 + index)
+        seed = int(np.random.SeedSequence([self.cfg.seed, self._actor_seed, index]).generate_state(1)[0])
+        observation, _ = self.env.reset(seed=seed)
         recorder = EpisodeRecorder(self.store)
         recorder.start(observation, make_metadata(
-            task=self.cfg.task.name, source=source, config_hash=self.config_hash, seed=index,
+            task=self.cfg.task.name, source=source, config_hash=self.config_hash, seed=seed,
             mode=self.cfg.mode, actor_id=acfg.actor_id, params_version=self.params_version,
             control_hz=self.cfg.env.control_hz, cameras=list(self.cfg.env.cameras)))
         pending = _StepBuffer(index, {k: np.asarray(v) for k, v in observation.items()}, source)
