@@ -122,6 +122,7 @@ class LearnerCounters:
     checkpoints: int = 0
     duplicates: int = 0
     gaps: int = 0
+    skipped: int = 0  # chunks an actor no longer held (checkpointed by an earlier learner)
     inconsistent: int = 0
     recent_success: deque = field(default_factory=lambda: deque(maxlen=20))
     recent_interventions: deque = field(default_factory=lambda: deque(maxlen=20))
@@ -266,6 +267,13 @@ class Learner:
         """Store one delivery exactly once; returns whether it was stored."""
         stream = delivery.stream
         book = self.books.setdefault(stream, StreamBook(actor=delivery.actor))
+        if delivery.chunk is None:  # chunks up to `sequence` are gone for good: continue after them
+            if delivery.sequence > book.stored_through and book.last_observation is None:
+                self.counters.skipped += delivery.sequence - book.stored_through
+                book.stored_through = book.committed_through = delivery.sequence
+                self._dirty = True
+            self.server.ack(stream, stored_through=book.stored_through)
+            return False
         if delivery.sequence <= book.stored_through:
             self.counters.duplicates += 1
             self.server.ack(stream, stored_through=book.stored_through)
@@ -433,6 +441,7 @@ class Learner:
             "actors_connected": len(self.server.connected_actors()),
             "rejected_messages": self.server.rejected,
             "duplicates_dropped": self.counters.duplicates,
+            "chunks_skipped": self.counters.skipped,
             "learner_steps_per_s": steps_per_s,
             "buffer_transitions": self.buffer.num_transitions,
         }, prefix="online")

@@ -89,6 +89,11 @@ def test_each_chunk_is_stored_once_and_a_checkpoint_resumes_the_bookkeeping(tmp_
     assert deliver(resumed, stream, 3, chunk(1, 0, 4))
     assert deliver(resumed, stream, 4, chunk(1, 4, 1, end=True))
     assert resumed.online_transitions == 10 and resumed.buffer.num_transitions == 10
+    # An actor that no longer holds chunks 1..7 (an earlier learner checkpointed them) moves the
+    # stream past them; its next episode is stored.
+    assert not resumed.store(Delivery("a1/y", "a1", 7, None))
+    assert resumed.books["a1/y"].stored_through == 7 and resumed.counters.skipped == 7
+    assert deliver(resumed, "a1/y", 8, chunk(0, 0, 2, end=True))
     resumed.server.close()
 
 

@@ -173,6 +173,29 @@ def test_learner_restart_gets_everything_resent_exactly_once():
         cli.close()
 
 
+def test_a_fresh_learner_skips_what_the_actor_no_longer_holds():
+    cfg = transport_cfg()
+    cli = client(cfg)
+    try:
+        with server(cfg) as srv:
+            assert wait_for(lambda: cli.state == "up")
+            for seq in range(1, 4):
+                cli.send(chunk(step=2 * (seq - 1)))
+            stored: dict = {}
+            assert wait_for(lambda: (store_in_order(srv, stored, 0.05), sum(map(len, stored.values())))[1] == 3)
+            srv.ack(next(iter(stored)), durable_through=3)  # checkpointed: the actor drops 1..3
+            assert wait_for(lambda: cli.unacked_transitions == 0)
+        cli.send(chunk(step=0))
+        with server(cfg) as fresh:  # another run directory: knows nothing of 1..3
+            deliveries = []
+            assert wait_for(lambda: (deliveries.extend(fresh.receive(timeout=0.05)), len(deliveries))[1] >= 2)
+            assert deliveries[0].chunk is None and deliveries[0].sequence == 3
+            assert deliveries[1].sequence == 4 and deliveries[1].chunk is not None
+            assert fresh.watermarks()[deliveries[0].stream].stored_through == 3
+    finally:
+        cli.close()
+
+
 def test_incompatible_actor_is_refused_with_the_reason():
     cfg = transport_cfg()
     with server(cfg), client(cfg, config_hash="other") as cli:

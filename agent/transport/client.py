@@ -61,9 +61,9 @@ class ActorClient:
         self.actor_id = actor_id
         self.incarnation = uuid.uuid4().hex[:12]
         self.endpoint = endpoint or f"tcp://{cfg.host}:{cfg.port}"
-        self._hello = encode(Message(MessageType.HELLO, actor=actor_id, fields={
+        self._hello_fields = {
             "incarnation": self.incarnation, "config_hash": config_hash, "protocol_version": PROTOCOL_VERSION,
-            "action_dim": int(action_dim), "observation_spec": spec_to_json(observation_spec)}))
+            "action_dim": int(action_dim), "observation_spec": spec_to_json(observation_spec)}
         self._heartbeat = encode(Message(MessageType.HEARTBEAT, actor=actor_id))
         self.backbone_digest = backbone_digest
         self._decode_params = decode_params or (lambda version, arrays: arrays)
@@ -225,10 +225,17 @@ class ActorClient:
                     if self.state == "up":
                         self._try_send(dealer, self._heartbeat)
                     elif self.state != "refused":
-                        self._try_send(dealer, self._hello)
+                        self._try_send(dealer, self._hello())
         finally:
             dealer.close(0)
             wake.close(0)
+
+    def _hello(self) -> list:
+        # `held_from`: the oldest chunk this actor still holds. A learner that lacks older ones (a
+        # fresh run directory) learns they are gone instead of asking for them forever.
+        held_from = self._unacked[0][0] if self._unacked else self.durable_through + 1
+        return encode(Message(MessageType.HELLO, actor=self.actor_id,
+                              fields={**self._hello_fields, "held_from": held_from}))
 
     def _try_send(self, dealer: zmq.Socket, frames: list) -> bool:
         try:
@@ -301,7 +308,7 @@ class ActorClient:
                 if self.state == "up":
                     log.warning("transport: the learner does not know this actor (it restarted?); handshaking again")
                 self.state = "down"
-                self._try_send(dealer, self._hello)
+                self._try_send(dealer, self._hello())
             else:
                 log.warning("transport: the learner rejected a message: %s", reason)
         elif self.state != "up":
@@ -315,7 +322,7 @@ class ActorClient:
         elif kind == MessageType.HEARTBEAT:
             if message.fields.get("session") != self.session:
                 self.state = "down"
-                self._try_send(dealer, self._hello)
+                self._try_send(dealer, self._hello())
                 return
             self._marks(message)
         elif kind == MessageType.PARAMS:

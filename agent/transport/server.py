@@ -49,12 +49,14 @@ MALFORMED = "malformed"
 
 @dataclass
 class Delivery:
-    """One checked TRANSITIONS message from a handshaken actor."""
+    """One checked TRANSITIONS message from a handshaken actor, or (chunk None) the news that the
+    actor no longer holds chunks up to `sequence`: another learner had them in a checkpoint that
+    this one does not have."""
 
     stream: str  # "<actor id>/<incarnation>": one per actor process
     actor: str
     sequence: int
-    chunk: TransitionChunk
+    chunk: TransitionChunk | None
 
 
 @dataclass
@@ -368,6 +370,16 @@ class LearnerServer:
         peer.last_seen = time.monotonic()
         peer.sent_version = -1
         marks = self._marks_of(stream)
+        held_from = message.fields.get("held_from", 1)
+        if not isinstance(held_from, int) or isinstance(held_from, bool) or held_from < 1:
+            raise ProtocolError(f"HELLO field 'held_from' must be an integer >= 1, got {held_from!r}")
+        if held_from - 1 > marks.stored_through:
+            log.warning("transport: actor '%s' no longer holds chunks %d..%d (a previous learner checkpointed "
+                        "them; they are in the actor's episode directory); continuing after them", actor,
+                        marks.stored_through + 1, held_from - 1)
+            with self._marks_lock:
+                self._marks[stream] = marks = Watermarks(held_from - 1, held_from - 1)
+            self._inbox.put(Delivery(stream, actor, held_from - 1, None))
         log.info("transport: actor '%s' joined (stream %s, resuming after sequence %d)", actor, stream,
                  marks.stored_through)
         self._send(router, rid, encode(Message(MessageType.WELCOME, fields={
