@@ -59,12 +59,15 @@ def run_episode(env, expert, seed: int, threshold: float) -> dict:
             false_positive_frames += info["classifier_probability"] > threshold
         if terminated:
             fired = steps
+    depth_at_fire = None
     if fired is not None:
         outcome = "true success" if info["success"] else "false success"
+        depth_at_fire = info.get("insertion_depth")
     else:
         outcome = "missed" if first_truth is not None else "no success"
     return {"outcome": outcome, "steps": steps, "first_truth": first_truth, "fired": fired,
-            "negative_frames": negative_frames, "false_positive_frames": false_positive_frames}
+            "negative_frames": negative_frames, "false_positive_frames": false_positive_frames,
+            "depth_at_fire": depth_at_fire}
 
 
 def main() -> None:
@@ -95,6 +98,7 @@ def main() -> None:
         counts = {k: sum(r["outcome"] == k for r in results) for k in ("true success", "false success", "missed")}
         print(f"\repisode {i + 1}/{args.episodes} | {counts}", end="", flush=True)
     print()
+    success_depth = sim.sim_world(env).sim.success_depth
     env.close()
 
     n = len(results)
@@ -118,6 +122,10 @@ def main() -> None:
           f"{counts['false success'] / max(fired, 1):8.1%}")
     print(f"{'missed / inserted':28} {counts['missed']:9d} {counts['missed'] / max(inserted, 1):8.1%}")
     print(f"{'per-frame FPR (not inserted)':28} {frame_fp:9d} {frame_fp / max(negatives, 1):8.2%}  of {negatives} frames")
+    false_depths = [r["depth_at_fire"] for r in results if r["outcome"] == "false success"]
+    if false_depths and all(d is not None for d in false_depths):
+        print(f"{'false successes at depth mm':28} {', '.join(f'{d * 1e3:.1f}' for d in false_depths)} "
+              f"(success: inside, >= {success_depth * 1e3:.0f} mm)")
     if delays:
         print(f"{'detection delay (steps)':28} mean {np.mean(delays):.2f}, max {max(delays)}")
     print(f"{'inference ms (batch 1)':28} p50 {np.percentile(ms, 50):.2f}, p99 {np.percentile(ms, 99):.2f} "
