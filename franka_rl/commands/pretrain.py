@@ -57,7 +57,13 @@ def split_data_and_overrides(items: list[str]) -> tuple[list[str], list[str]]:
 def run(args: argparse.Namespace) -> int:
     from agent.checkpoint import CheckpointError
     from agent.config import AgentConfigError
-    from agent.pretrain import DatasetError, PretrainError, load_offline_episodes, pretrain
+    from agent.pretrain import (
+        DatasetError,
+        PretrainError,
+        load_offline_episodes,
+        pretrain,
+        validate_pretrain_config,
+    )
     from franka_rl.config import config_hash, load_config
 
     for error in (DatasetError, PretrainError, AgentConfigError, CheckpointError):
@@ -70,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"pretrain.steps={args.steps}")
     cfg = load_config(args.config, overrides, default_preset="wsrl")
     out = Path(args.out) if args.out else Path(cfg.output_dir) / "pretrain"
+    validate_pretrain_config(cfg.agent, cfg.pretrain)  # before reading a possibly large dataset
 
     dataset = load_offline_episodes(data, trust_pickle=args.trust_pickle)
     skipped = f", skipped {len(dataset.skipped)} corrupt file(s)" if dataset.skipped else ""
