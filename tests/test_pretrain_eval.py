@@ -194,3 +194,37 @@ def test_latin_hypercube_offsets_cover_every_stratum_and_place_the_start():
         np.testing.assert_allclose(position[:2], np.array(task.reset_pose[:2]) + target[:2], atol=0.004)
     finally:
         env.close()
+
+
+def test_load_offline_episodes_from_pickles_files_and_stores(tmp_path):
+    import pickle
+
+    from agent.data.episodes import write_episode_file
+    from agent.data.synthetic import synthetic_episode
+    from agent.pretrain import DatasetError, load_offline_episodes
+
+    rng = np.random.default_rng(0)
+    episodes = [synthetic_episode(rng, 5, cameras=(), episode_index=i, success=i == 0) for i in range(3)]
+    transitions = [
+        {"observations": {"state": e.observations["state"][t][None]},
+         "next_observations": {"state": e.observations["state"][t + 1][None]},
+         "actions": e.actions[t], "rewards": e.rewards[t], "masks": 1.0 - float(e.terminated[t]),
+         "dones": bool(e.terminated[t] or e.truncated[t])}
+        for e in episodes[:2] for t in range(len(e))
+    ]
+    pickle_path = tmp_path / "serl.pkl"
+    pickle_path.write_bytes(pickle.dumps(transitions))
+    single = write_episode_file(episodes[2], tmp_path / "episode_000007.npz")
+    broken = tmp_path / "episode_000008.npz"
+    broken.write_bytes(single.read_bytes()[:200])
+    reports = []
+    dataset = load_offline_episodes([str(pickle_path), str(single), str(broken)], trust_pickle=True,
+                                    report=reports.append)
+    assert len(dataset.episodes) == 3 and dataset.transitions == 15 and dataset.successes == 1
+    assert [p for p, _ in dataset.skipped] == [str(broken)] and str(broken) in reports[0]
+    with pytest.raises(DatasetError, match="--trust-pickle"):
+        load_offline_episodes([str(pickle_path)])
+    with pytest.raises(DatasetError, match="disagree"):
+        other = synthetic_episode(rng, 4, cameras=("wrist_1",), image_size=8)
+        write_episode_file(other, tmp_path / "episode_000009.npz")
+        load_offline_episodes([str(single), str(tmp_path / "episode_000009.npz")])
