@@ -74,6 +74,8 @@ class EvaluationResult:
     outcomes: list[EpisodeOutcome]
     # Frames of the first `video_episodes` episodes, one list per episode.
     videos: list[list[np.ndarray]] = field(default_factory=list)
+    # Ctrl-C: the episodes finished before it are kept; the one in progress is dropped.
+    interrupted: bool = False
 
     @property
     def successes(self) -> int:
@@ -92,6 +94,7 @@ class EvaluationResult:
             "success_rate": self.success_rate,
             "mean_length": float(lengths.mean()) if lengths.size else 0.0,
             "mean_length_successful": float(successful.mean()) if successful.size else None,
+            "interrupted": self.interrupted,
             "per_episode": [asdict(o) for o in self.outcomes],
         }
 
@@ -128,34 +131,47 @@ def evaluate(
 
     count = len(offsets) if offsets is not None else int(episodes or 0)
     recorder = EpisodeRecorder(store)
-    outcomes: list[EpisodeOutcome] = []
-    videos: list[list[np.ndarray]] = []
+    result = EvaluationResult([])
     bar = tqdm(range(count), desc="eval", unit="ep", disable=not progress, dynamic_ncols=True)
-    for index in bar:
-        offset = None if offsets is None else np.asarray(offsets[index], np.float64)
-        options = None if offset is None else {"reset_offset": offset}
-        observation, _ = env.reset(seed=seed + index, options=options)
-        recorder.start(observation, metadata(index, offset) if metadata else {})
-        frames: list[np.ndarray] = []
-        record = index < video_episodes
-        total, success, done, path = 0.0, False, False, None
-        while not done:
-            if record and (frame := video_frame(observation, cameras, env)) is not None:
-                frames.append(frame)
-            action = choose_action(observation)
-            observation, reward, terminated, truncated, info = env.step(action)
-            total += float(reward)
-            success = success or bool(info.get("success", reward > 0))
-            done = terminated or truncated
-            path = recorder.add(action, reward, observation, terminated, truncated, False, info)
+    try:
+        for index in bar:
+            _run_episode(env, choose_action, recorder, result, index, offsets, seed, metadata,
+                         index < video_episodes, cameras)
+            bar.set_postfix(success=f"{result.successes}/{len(result.outcomes)}")
+    except KeyboardInterrupt:
+        recorder.discard()
+        result.interrupted = True
+    finally:
+        bar.close()
+    return result
+
+
+def _run_episode(env: gym.Env, choose_action: PolicyFn, recorder: EpisodeRecorder, result: EvaluationResult,
+                 index: int, offsets: np.ndarray | None, seed: int,
+                 metadata: Callable[[int, np.ndarray | None], dict] | None, record: bool,
+                 cameras: Sequence[str]) -> None:
+    """One evaluation episode, recorded, with its outcome (and frames) appended to `result`."""
+    offset = None if offsets is None else np.asarray(offsets[index], np.float64)
+    options = None if offset is None else {"reset_offset": offset}
+    observation, _ = env.reset(seed=seed + index, options=options)
+    recorder.start(observation, metadata(index, offset) if metadata else {})
+    frames: list[np.ndarray] = []
+    total, success, done, path = 0.0, False, False, None
+    while not done:
         if record and (frame := video_frame(observation, cameras, env)) is not None:
             frames.append(frame)
-            videos.append(frames)
-        outcomes.append(EpisodeOutcome(index, seed + index, None if offset is None else offset.tolist(),
-                                       success, len(recorder.last_episode), total,
-                                       str(path) if path is not None else None))
-        bar.set_postfix(success=f"{sum(o.success for o in outcomes)}/{len(outcomes)}")
-    return EvaluationResult(outcomes, videos)
+        action = choose_action(observation)
+        observation, reward, terminated, truncated, info = env.step(action)
+        total += float(reward)
+        success = success or bool(info.get("success", reward > 0))
+        done = terminated or truncated
+        path = recorder.add(action, reward, observation, terminated, truncated, False, info)
+    if record and (frame := video_frame(observation, cameras, env)) is not None:
+        frames.append(frame)
+        result.videos.append(frames)
+    result.outcomes.append(EpisodeOutcome(index, seed + index, None if offset is None else offset.tolist(),
+                                          success, len(recorder.last_episode), total,
+                                          str(path) if path is not None else None))
 
 
 def contact_sheet_rows(result: EvaluationResult, frames_per_row: int = 6) -> tuple[list[list[np.ndarray]], list[str]]:

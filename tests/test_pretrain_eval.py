@@ -228,3 +228,47 @@ def test_load_offline_episodes_from_pickles_files_and_stores(tmp_path):
         other = synthetic_episode(rng, 4, cameras=("wrist_1",), image_size=8)
         write_episode_file(other, tmp_path / "episode_000009.npz")
         load_offline_episodes([str(single), str(tmp_path / "episode_000009.npz")])
+
+
+class _CountingEnv:
+    """A stand-in env: succeeds after `steps_to_success` steps; Ctrl-C at step `interrupt_at` of episode 1."""
+
+    render_mode = None
+
+    def __init__(self, steps_to_success=3, interrupt_at=None):
+        self.steps_to_success, self.interrupt_at = steps_to_success, interrupt_at
+        self.episode, self.t, self.offsets = -1, 0, []
+
+    def reset(self, seed=None, options=None):
+        self.episode, self.t = self.episode + 1, 0
+        self.offsets.append(None if options is None else np.asarray(options["reset_offset"]))
+        return {"state": np.zeros(3, np.float32)}, {}
+
+    def step(self, action):
+        self.t += 1
+        if self.episode == 1 and self.t == self.interrupt_at:
+            raise KeyboardInterrupt
+        success = self.t >= self.steps_to_success
+        return {"state": np.full(3, self.t, np.float32)}, float(success), success, False, {"success": success}
+
+
+def test_evaluate_records_outcomes_and_keeps_finished_episodes_on_ctrl_c(tmp_path):
+    from agent.data.episodes import make_metadata
+    from agent.evaluation import evaluate
+
+    offsets = np.arange(12, dtype=float).reshape(3, 4)
+    env = _CountingEnv()
+    store = EpisodeStore(tmp_path / "a", create=True)
+    result = evaluate(env, lambda obs: np.zeros(6, np.float32), offsets, store=store, progress=False,
+                      metadata=lambda i, o: make_metadata(task="t", source="eval", seed=i))
+    assert [o.success for o in result.outcomes] == [True] * 3 and result.success_rate == 1.0
+    assert [o.length for o in result.outcomes] == [3, 3, 3] and not result.interrupted
+    np.testing.assert_array_equal(np.stack(env.offsets), offsets)  # each start placed as asked
+    assert len(store) == 3
+
+    env = _CountingEnv(interrupt_at=2)
+    store = EpisodeStore(tmp_path / "b", create=True)
+    result = evaluate(env, lambda obs: np.zeros(6, np.float32), offsets, store=store, progress=False,
+                      metadata=lambda i, o: make_metadata(task="t", source="eval", seed=i))
+    assert result.interrupted and len(result.outcomes) == 1 and len(store) == 1
+    assert result.summary()["interrupted"] is True

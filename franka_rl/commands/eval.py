@@ -88,8 +88,9 @@ def run(args: argparse.Namespace) -> int:
     cameras = list(cfg.env.cameras)
     env = build_env(cfg, render=not cameras and cfg.eval.video_episodes > 0)
     try:
-        observation, _ = env.reset(seed=cfg.seed)
-        template = create_agent(cfg.agent, observation, int(np.prod(env.action_space.shape)), seed=cfg.seed)
+        # Shapes from the observation space: no reset move just to build the template.
+        example = {k: np.zeros(space.shape, space.dtype) for k, space in env.observation_space.spaces.items()}
+        template = create_agent(cfg.agent, example, int(np.prod(env.action_space.shape)), seed=cfg.seed)
         checkpointer = AgentCheckpointer(checkpoints, max_to_keep=None)
         agent, _ = checkpointer.restore(template, args.step, cfg.agent)
         step = args.step if args.step is not None else checkpointer.latest_step()
@@ -127,9 +128,10 @@ def run(args: argparse.Namespace) -> int:
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"success: {result.successes}/{len(result.outcomes)} = {result.success_rate:.0%}, "
           f"mean length {results['mean_length']:.1f} steps ({'deterministic' if deterministic else 'stochastic'} "
-          f"policy, {cfg.eval.spread} spread, checkpoint step {step})")
+          f"policy, {cfg.eval.spread} spread, checkpoint step {step})"
+          + (" (interrupted: finished episodes only)" if result.interrupted else ""))
     for key in ("video", "contact_sheet"):
         if key in results:
             print(f"{key.replace('_', ' ')}: {results[key]}")
     print(f"results: {out / 'results.json'}")
-    return 0
+    return 130 if result.interrupted else 0
