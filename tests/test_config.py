@@ -56,3 +56,6 @@ def test_hash_ignores_seed_and_output_but_not_task(tmp_path):
     base = config_hash(load_config(path))
     assert config_hash(load_config(path, ["seed=7", "output_dir=/tmp/x"])) == base
     assert config_hash(load_config(path, [f"task.reset_yaw_noise={math.pi / 4}"])) != base
+    # An actor with the classifier on must pass the handshake of a learner without it.
+    assert config_hash(load_config(path, ["classifier.enabled=true", "learner.max_steps=5"])) == base
+    assert config_hash(load_config(path, ["agent.network.num_critics=4"])) != base
