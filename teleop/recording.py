@@ -26,8 +26,11 @@ Policy = Callable[[Mapping[str, np.ndarray]], np.ndarray]
 class StatusLine:
     """One line rewritten in place on a terminal; elsewhere (logs) one line per `force`."""
 
-    def __init__(self, stream: TextIO = sys.stderr, interval_s: float = 0.25,
+    def __init__(self, stream: TextIO | None = None, interval_s: float = 0.25,
                  clock: Callable[[], float] = time.monotonic):
+        # Looked up at construction, not import: a default bound at import time would keep
+        # writing to a stream that was since replaced (and closed), e.g. by pytest's capture.
+        stream = sys.stderr if stream is None else stream
         self.stream = stream
         self.interval_s = interval_s
         self.clock = clock
