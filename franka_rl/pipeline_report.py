@@ -1,0 +1,179 @@
+"""The pipeline's report folder: results.md, commands.md, summary.json and the plots.
+
+Everything is read back from the stages' own outputs (DONE.json markers, eval results.json,
+checkpoint metadata, the actor's episode store), so a report rebuilt later says the same.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _fraction(result: dict | None) -> str:
+    if not result:
+        return "–"
+    return f"{result['successes']}/{result['episodes']}"
+
+
+def mark_results(eval_dir: Path, marks: Sequence[int]) -> dict[int, dict]:
+    """{mark: eval results.json + the online steps its checkpoint held} for the marks evaluated."""
+    done = _read_json(eval_dir / "DONE.json") or {}
+    picks = done.get("details", {}).get("marks", {})
+    found = {}
+    for mark in marks:
+        pick = picks.get(str(mark))
+        result = _read_json(Path(pick["results"])) if pick else None
+        if result is not None:
+            found[mark] = {**result, "online_steps": pick["online_steps"], "checkpoint": pick["checkpoint"]}
+    return found
+
+
+def training_episode_curve(episodes_dir: Path, window: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """(cumulative online steps at each episode's end, moving success over `window` episodes)."""
+    from agent.data.episodes import EpisodeStore
+
+    if not episodes_dir.is_dir():
+        return np.zeros(0), np.zeros(0)
+    metas = [meta for _, meta in EpisodeStore(episodes_dir, report=lambda _: None).metadata()]
+    steps = np.cumsum([int(m.get("length", 0)) for m in metas])
+    success = np.array([float(bool(m.get("success", False))) for m in metas])
+    moving = np.array([success[max(0, i + 1 - window): i + 1].mean() for i in range(len(success))])
+    return steps, moving
+
+
+def plot_success(runs: Sequence[dict], marks: Sequence[int], path: Path) -> Path:
+    """Evaluation success (20 spread starts) at each mark, and the actors' moving training-episode
+    success as thin lines, against online env steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    colours = {}
+    for run in runs:
+        method = run["method"]
+        colour = colours.setdefault(method, f"C{len(colours)}")
+        evals = mark_results(Path(run["eval_dir"]), marks)
+        label_seed = f"{method} seed {run['seed']}"
+        if evals:
+            xs = [evals[m]["online_steps"] for m in sorted(evals)]
+            ys = [evals[m]["success_rate"] for m in sorted(evals)]
+            ax.plot(xs, ys, "o-", color=colour, label=f"{label_seed}: evaluation")
+        steps, moving = training_episode_curve(Path(run["online_dir"]) / "episodes")
+        if len(steps):
+            ax.plot(steps, moving, "-", color=colour, alpha=0.35, linewidth=1,
+                    label=f"{label_seed}: training episodes (moving 20)")
+    ax.set_xlabel("online env steps")
+    ax.set_ylabel("success rate")
+    ax.set_ylim(-0.03, 1.03)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    ax.set_title("success vs online steps")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _stage_rows(results: Sequence[Any]) -> list[str]:
+    rows = ["| stage | outcome | wall-clock | details |", "|---|---|---:|---|"]
+    for r in results:
+        details = {k: v for k, v in r.details.items() if k != "marks"}
+        text = ", ".join(f"{k} {v}" for k, v in details.items())
+        rows.append(f"| {r.name} | {r.outcome} | {r.wall_s:.0f} s | {text} |")
+    return rows
+
+
+def _compare_rows(runs: Sequence[dict], marks: Sequence[int], results: Sequence[Any]) -> list[str]:
+    """Per method: success at each mark as mean ± half-range over seeds, episodes and wall-clock."""
+    walls = {r.name: r for r in results}
+    head = "| method | seeds | " + " | ".join(f"success @ {m}" for m in marks) + " | episodes | online wall-clock |"
+    rows = [head, "|---|---:|" + "---:|" * len(marks) + "---:|---:|"]
+    for method in dict.fromkeys(r["method"] for r in runs):
+        mine = [r for r in runs if r["method"] == method]
+        cells = []
+        for mark in marks:
+            rates = [res["success_rate"] for r in mine
+                     if (res := mark_results(Path(r["eval_dir"]), [mark]).get(mark)) is not None]
+            cells.append(f"{np.mean(rates):.0%} ± {(max(rates) - min(rates)) / 2:.0%} (n={len(rates)})"
+                         if rates else "–")
+        online = [walls[r["online"]] for r in mine if r["online"] in walls]
+        episodes = sum(int(o.details.get("episodes", 0)) for o in online)
+        wall = sum(o.wall_s for o in online)
+        rows.append(f"| {method} | {len(mine)} | " + " | ".join(cells) + f" | {episodes} | {wall / 60:.1f} min |")
+    return rows
+
+
+def write_report(plan: Any, results: Sequence[Any], runs: Sequence[dict], *, compare: bool) -> Path:
+    out = plan.out
+    report = out / "report"
+    report.mkdir(parents=True, exist_ok=True)
+    marks = list(plan.profile.eval_marks)
+    pretrain_eval = _read_json(out / "eval_pretrain" / "eval" / "results.json")
+
+    lines = ["# Pipeline results", "",
+             f"Profile: {plan.profile.description or '(custom)'}; output: `{out}`.", "",
+             "## Stages", "", *_stage_rows(results), "",
+             f"## Success from {plan.profile.eval_episodes} spread initial poses", "",
+             f"- Cal-QL offline (pre-trained policy): **{_fraction(pretrain_eval)}**", ""]
+    if compare:
+        lines += ["Success at each online-step mark (mean ± half the range over seeds; each seed "
+                  "evaluated at its learner checkpoint nearest the mark):", "",
+                  *_compare_rows(runs, marks, results), ""]
+    else:
+        lines += ["| online-step mark | checkpoint evaluated | its online steps | success |", "|---:|---|---:|---:|"]
+        for run in runs:
+            for mark, res in sorted(mark_results(Path(run["eval_dir"]), marks).items()):
+                lines.append(f"| {mark} | {res['checkpoint']} | {res['online_steps']} | {_fraction(res)} |")
+        lines.append("")
+    total = sum(r.wall_s for r in results)
+    lines += [f"Total wall-clock of the stages: {total / 60:.1f} min.", "",
+              "Plots: `success_vs_online_steps.png` (dots: evaluation of the learner's checkpoints; "
+              "thin lines: the actor's moving success over its last 20 training episodes, as "
+              f"{'the reward classifier' if plan.profile.use_classifier else 'the twin'} judged them), "
+              "`calibration.png` (Q against the Monte-Carlo return after "
+              "pre-training). Commands to repeat each stage: `commands.md`.", ""]
+    (report / "results.md").write_text("\n".join(lines))
+
+    commands = ["# Commands, in the order they ran", "",
+                "Each stage's output folder holds DONE.json; delete it (or pass `--force STAGE`) to rerun "
+                "the stage. The online stage's two commands run at the same time (learner first), and "
+                "the pipeline stops them once the actor has recorded the configured online steps.", ""]
+    for r in results:
+        commands += [f"## {r.name}", "", "```bash", *r.commands, "```", ""]
+    (report / "commands.md").write_text("\n".join(commands))
+
+    if runs:
+        plot_success(runs, marks, report / "success_vs_online_steps.png")
+    calibration = out / "pretrain" / "run" / "calibration.png"
+    if calibration.is_file():
+        shutil.copyfile(calibration, report / "calibration.png")
+
+    summary = {
+        "out": str(out),
+        "profile": plan.profile.description,
+        "stages": [{"name": r.name, "outcome": r.outcome, "wall_s": r.wall_s, "commands": r.commands,
+                    "details": r.details} for r in results],
+        "pretrain_eval": pretrain_eval and {k: pretrain_eval[k] for k in ("successes", "episodes", "success_rate")},
+        "online": [{**run, "evals": {str(m): {k: res[k] for k in ("successes", "episodes", "success_rate",
+                                                                    "online_steps")}
+                                     for m, res in mark_results(Path(run["eval_dir"]), marks).items()}}
+                   for run in runs],
+        "total_wall_s": total,
+    }
+    (report / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return report
