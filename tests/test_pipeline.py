@@ -1,0 +1,182 @@
+"""`franka-rl pipeline` end to end on a tiny profile of the state-only twin: the report, skipping
+completed stages, the one-line failure, and no child process left behind (normal exit and Ctrl-C)."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from franka_rl.cli import main
+from franka_rl.pipeline import PipelineError, load_profile, nearest_checkpoints
+
+TINY_PROFILE = """
+description: "tiny: tests"
+overrides:
+  - env.cameras=[]
+  - task.max_episode_steps=40
+  - agent.network.critic_hidden_dims=[32,32]
+  - agent.network.actor_hidden_dims=[32,32]
+  - agent.network.num_critics=2
+  - agent.encoder.proprio_dim=0
+  - agent.sac.batch_size=32
+  - agent.sac.utd=1
+  - agent.cql.n_actions=4
+  - agent.online.warmup_steps=20
+  - pretrain.log_every=10
+  - pretrain.checkpoint_every=20
+  - pretrain.holdout_episodes=1
+  - learner.steps_per_transition=0.5
+  - transport.heartbeat_interval_s=0.2
+  - transport.heartbeat_timeout_s=3
+demo_successes: 2
+offline_successes: 2
+offline_max_episodes: 40
+use_classifier: false
+pretrain_steps: 20
+online_steps: 40
+online_real_time: false
+eval_marks: [0, 40]
+eval_episodes: 2
+checkpoint_interval_s: 1.0
+"""
+
+STAGES = ["demos", "offline", "pretrain", "eval_pretrain", "online", "eval_online"]
+
+
+def children_of_run(out: Path) -> list[psutil.Process]:
+    """Processes whose command line names the run's folder (every stage's does)."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if any(str(out) in part for part in process.info["cmdline"] or []):
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+@pytest.fixture(scope="module")
+def profile(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("profile") / "tiny.yaml"
+    path.write_text(TINY_PROFILE)
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, profile):
+    out = tmp_path_factory.mktemp("pipeline") / "run"
+    code = main(["pipeline", "--profile", str(profile), "--out", str(out), "--quiet"])
+    return out, code
+
+
+def test_runs_end_to_end_and_writes_the_report(finished_run):
+    out, code = finished_run
+    assert code == 0
+    report = out / "report"
+    for name in ("results.md", "commands.md", "summary.json", "success_vs_online_steps.png", "calibration.png"):
+        assert (report / name).is_file(), name
+    summary = json.loads((report / "summary.json").read_text())
+    assert [s["name"] for s in summary["stages"]] == STAGES
+    assert all(s["outcome"] == "ran" for s in summary["stages"])
+    online = next(s for s in summary["stages"] if s["name"] == "online")
+    assert online["details"]["online_steps"] >= 40
+    assert len(online["commands"]) == 2 and "--pretrained" in online["commands"][0]
+    evals = summary["online"][0]["evals"]
+    assert set(evals) == {"0", "40"} and evals["0"]["online_steps"] == 0 and evals["40"]["online_steps"] > 0
+    assert summary["pretrain_eval"]["episodes"] == 2
+
+    results = (report / "results.md").read_text()
+    assert "| online |" in results and "Cal-QL offline (pre-trained policy): **" in results
+    commands = (report / "commands.md").read_text()
+    for command in ("franka-rl record-demos", "franka-rl pretrain", "franka-rl learner", "franka-rl actor",
+                    "franka-rl eval"):
+        assert command in commands
+    for stage in STAGES:
+        assert (out / "logs" / f"{stage}.log").is_file()
+    assert not children_of_run(out)
+
+
+def test_rerun_skips_every_completed_stage(finished_run, profile, capsys):
+    out, _ = finished_run
+    markers = {stage: (out / stage / "DONE.json").stat().st_mtime_ns for stage in STAGES}
+    capsys.readouterr()
+    assert main(["pipeline", "--profile", str(profile), "--out", str(out), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    for stage in STAGES:
+        assert f"[{stage}] done before" in err and "skipped" in err
+        assert (out / stage / "DONE.json").stat().st_mtime_ns == markers[stage]
+    summary = json.loads((out / "report" / "summary.json").read_text())
+    assert all(s["outcome"] == "skipped" for s in summary["stages"])
+
+
+def test_ctrl_c_leaves_no_process_and_no_marker(finished_run, profile):
+    """Ctrl-C of the pipeline during the online stage stops the learner and the actor."""
+    out, _ = finished_run
+    pipeline = subprocess.Popen(
+        [sys.executable, "-m", "franka_rl", "pipeline", "--profile", str(profile), "--out", str(out), "--quiet",
+         "--force", "online", "--stages", "online", "--set", "online_steps=1000000"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        episodes = out / "online" / "episodes"
+        while time.monotonic() < deadline and (out / "online" / "DONE.json").exists():
+            time.sleep(0.2)  # the forced stage starts by clearing its folder, the old episodes with it
+        while time.monotonic() < deadline and not list(episodes.glob("episode_*.npz")):
+            assert pipeline.poll() is None, pipeline.stdout.read().decode()
+            time.sleep(0.5)
+        assert list(episodes.glob("episode_*.npz")), "the actor never finished an episode"
+        assert len(children_of_run(out)) >= 2  # learner and actor run
+        pipeline.send_signal(signal.SIGINT)
+        assert pipeline.wait(timeout=120) == 130
+    finally:
+        if pipeline.poll() is None:
+            pipeline.kill()
+    assert not children_of_run(out)
+    assert not (out / "online" / "DONE.json").exists()
+
+
+def test_failing_stage_names_its_log_in_one_line(tmp_path, profile, capsys):
+    out = tmp_path / "run"
+    # pretrain alone, without the demos it reads: the command fails
+    code = main(["pipeline", "--profile", str(profile), "--out", str(out), "--quiet", "--stages", "pretrain"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("franka-rl pipeline: error: stage 'pretrain' failed (exit code 2)")
+    log = out / "logs" / "pretrain.log"
+    assert f"log: {log}" in err[-1] and log.is_file()
+    assert "franka-rl pretrain" in log.read_text()
+    assert not (out / "pretrain" / "DONE.json").exists()
+    assert (out / "report" / "results.md").is_file()
+    assert not children_of_run(out)
+
+
+def test_bad_profile_key_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("online_stepz: 10\n")
+    assert main(["pipeline", "--profile", str(bad), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "online_stepz" in err[0]
+    with pytest.raises(PipelineError, match="available: cpu, full"):
+        load_profile("nope")
+
+
+def test_shipped_profiles_load_and_fit_the_config():
+    from franka_rl.config import load_config
+
+    for name in ("cpu", "full"):
+        profile = load_profile(name)
+        cfg = load_config(None, profile.overrides)
+        assert cfg.env.cameras and profile.use_classifier
+        assert max(profile.eval_marks) == profile.online_steps
+    assert load_config(None, load_profile("full").overrides).agent.network.num_critics == 10
+
+
+def test_nearest_checkpoint_per_mark():
+    transitions = {1: 0, 2: 180, 3: 420, 4: 1010}
+    assert nearest_checkpoints(transitions, [0, 200, 1000]) == {0: (1, 0), 200: (2, 180), 1000: (4, 1010)}
+    assert nearest_checkpoints({}, [0]) == {}
