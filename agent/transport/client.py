@@ -39,11 +39,12 @@ from agent.transport.protocol import (
 )
 from agent.transport.security import secure_client
 from agent.transport.server import HELLO_REQUIRED, INCOMPATIBLE
+from agent.transport.service_thread import ServiceThread
 
 log = logging.getLogger("agent.transport")
 
 
-class ActorClient:
+class ActorClient(ServiceThread):
     def __init__(
         self,
         cfg: TransportConfig,
@@ -88,26 +89,9 @@ class ActorClient:
         self._backbone_ready = threading.Event()
         self._last_heard = -float("inf")
         self._last_resend: tuple[int, float] = (-1, -float("inf"))
-        self._stop = threading.Event()
-        self._context = zmq.Context()
-        self._wake_address = f"inproc://actor-wake-{id(self)}"
-        self._wake_send = self._context.socket(zmq.PAIR)
-        self._wake_send.bind(self._wake_address)
-        self._wake_lock = threading.Lock()
-        self._error: BaseException | None = None
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name="actor-transport", daemon=True)
+        super().__init__("actor-transport")
 
     # ------------------------------------------------------------------ control-loop API
-
-    def start(self) -> ActorClient:
-        if self._thread.is_alive():
-            return self
-        self._thread.start()
-        self._ready.wait(10.0)
-        if self._error is not None:
-            raise self._error
-        return self
 
     def send(self, chunk: TransitionChunk) -> int:
         """Queue a chunk; returns its sequence number. Never blocks."""
@@ -150,34 +134,11 @@ class ActorClient:
             time.sleep(0.02)
         return self.all_stored()
 
-    def close(self) -> None:
-        self._stop.set()
-        self._wake()
-        if self._thread.is_alive():
-            self._thread.join(5.0)
-        with self._wake_lock:
-            self._wake_send.close(linger=0)
-        self._context.term()
-
-    def __enter__(self) -> ActorClient:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def _wake(self) -> None:
-        with self._wake_lock:
-            if not self._wake_send.closed:
-                try:
-                    self._wake_send.send(b"", zmq.NOBLOCK)
-                except zmq.Again:  # the thread has not started or has wake-ups queued: it will look
-                    pass
-
     # ------------------------------------------------------------------ service thread
 
     def _serve(self) -> None:
         dealer = self._context.socket(zmq.DEALER)
-        wake = self._context.socket(zmq.PAIR)
+        wake = None
         try:
             dealer.setsockopt(zmq.LINGER, 0)
             # Queue nothing for a learner that is not connected: the resend logic owns retries.
@@ -187,14 +148,14 @@ class ActorClient:
             dealer.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
             secure_client(dealer, self.cfg)
             dealer.connect(self.endpoint)
-            wake.connect(self._wake_address)
+            wake = self._wake_socket()
         except BaseException as exc:
-            self._error = exc
             dealer.close(0)
-            wake.close(0)
-            self._ready.set()
+            if wake is not None:
+                wake.close(0)
+            self._serve_failed(exc)
             return
-        self._ready.set()
+        self._serve_ready()
         poller = zmq.Poller()
         poller.register(dealer, zmq.POLLIN)
         poller.register(wake, zmq.POLLIN)
@@ -205,8 +166,7 @@ class ActorClient:
                 timeout_ms = max(0, int((next_beat - time.monotonic()) * 1000))
                 events = dict(poller.poll(timeout_ms))
                 if wake in events:
-                    while wake.poll(0):
-                        wake.recv()
+                    self._drain_wake_ups(wake)
                 self._take_outbox(dealer)
                 if dealer in events:
                     while True:

@@ -38,6 +38,7 @@ from agent.transport.protocol import (
     spec_to_json,
 )
 from agent.transport.security import TransportError, secure_server
+from agent.transport.service_thread import ServiceThread
 
 log = logging.getLogger("agent.transport")
 
@@ -75,7 +76,7 @@ class Watermarks:
     durable_through: int = 0
 
 
-class LearnerServer:
+class LearnerServer(ServiceThread):
     def __init__(
         self,
         cfg: TransportConfig,
@@ -105,26 +106,9 @@ class LearnerServer:
         self._params_frames: list | None = None
         self._params_version = -1
         self._backbone_frames: list | None = None
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._context = zmq.Context()
-        self._wake_address = f"inproc://learner-wake-{id(self)}"
-        self._wake_send = self._context.socket(zmq.PAIR)
-        self._wake_send.bind(self._wake_address)
-        self._wake_lock = threading.Lock()
-        self._thread = threading.Thread(target=self._serve, name="learner-transport", daemon=True)
+        super().__init__("learner-transport")
 
     # ------------------------------------------------------------------ learner-side API
-
-    def start(self) -> LearnerServer:
-        if self._thread.is_alive():
-            return self
-        self._thread.start()
-        self._ready.wait(10.0)
-        if self._error is not None:
-            raise self._error
-        return self
 
     def receive(self, timeout: float = 0.0, max_items: int = 1 << 30) -> list[Delivery]:
         """Deliveries waiting (blocking up to `timeout` for the first one)."""
@@ -172,35 +156,19 @@ class LearnerServer:
                       if now - p.last_seen < self.cfg.heartbeat_timeout_s)
 
     def close(self) -> None:
-        self._stop.set()
-        self._command(("stop",))
-        if self._thread.is_alive():
-            self._thread.join(5.0)
-        with self._wake_lock:
-            self._wake_send.close(linger=0)
-        self._context.term()
-
-    def __enter__(self) -> LearnerServer:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        self._commands.put(("stop",))
+        self._stop_thread()
 
     def _command(self, command: tuple) -> None:
         self._commands.put(command)
-        with self._wake_lock:
-            if not self._wake_send.closed:
-                try:
-                    self._wake_send.send(b"", zmq.NOBLOCK)
-                except zmq.Again:  # the thread has not started or has wake-ups queued: it will look
-                    pass
+        self._wake()
 
     # ------------------------------------------------------------------ service thread
 
     def _serve(self) -> None:
         authenticator = None
         router = self._context.socket(zmq.ROUTER)
-        wake = self._context.socket(zmq.PAIR)
+        wake = None
         try:
             router.setsockopt(zmq.LINGER, 0)
             router.setsockopt(zmq.MAXMSGSIZE, int(self.cfg.max_frame_bytes))
@@ -211,16 +179,16 @@ class LearnerServer:
             except zmq.ZMQError as exc:
                 raise TransportError(f"cannot listen on {self.endpoint} ({exc}): is another learner running "
                                      "there? choose another transport.port") from None
-            wake.connect(self._wake_address)
+            wake = self._wake_socket()
         except BaseException as exc:
-            self._error = exc
             router.close(0)
-            wake.close(0)
+            if wake is not None:
+                wake.close(0)
             if authenticator is not None:
                 authenticator.stop()
-            self._ready.set()
+            self._serve_failed(exc)
             return
-        self._ready.set()
+        self._serve_ready()
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
         poller.register(wake, zmq.POLLIN)
@@ -228,8 +196,7 @@ class LearnerServer:
             while not self._stop.is_set():
                 events = dict(poller.poll(int(self.cfg.heartbeat_interval_s * 1000)))
                 if wake in events:
-                    while wake.poll(0):
-                        wake.recv()
+                    self._drain_wake_ups(wake)
                 if not self._run_commands(router):
                     break
                 if router in events:
