@@ -322,6 +322,25 @@ def _echo_to_stderr(chunk: bytes) -> None:
     sys.stderr.buffer.flush()
 
 
+def prune_old_buffers(learner_dir: Path) -> int:
+    """Delete the replay-buffer snapshots of every checkpoint but the latest. The pipeline keeps
+    all checkpoints for the evaluations at the marks, but only the latest one's buffer is needed
+    (to resume the learner); the others would cost a growing copy of the buffer each."""
+    from agent.checkpoint import AgentCheckpointer
+
+    checkpointer = AgentCheckpointer(learner_dir / "checkpoints", max_to_keep=None)
+    latest = checkpointer.latest_step()
+    if latest is None:
+        return 0
+    keep = checkpointer.read_meta(latest)["extra"].get("buffer_file")
+    pruned = 0
+    for path in (learner_dir / "replay").glob("buffer_*.npz"):
+        if path.name != keep:
+            path.unlink()
+            pruned += 1
+    return pruned
+
+
 def count_online_steps(episodes_dir: Path) -> tuple[int, int, int]:
     """(env steps, episodes, successes) in the actor's episode store so far."""
     from agent.data.episodes import EpisodeStore
@@ -457,8 +476,9 @@ class Runner:
         if learner_code != 0:
             raise PipelineError(f"stage '{stage.name}' failed (the learner exited with code {learner_code} on "
                                 f"stop); see {log_path}")
+        pruned = prune_old_buffers(stage.directory / "learner")
         return {"online_steps": steps, "episodes": episodes, "successes": successes,
-                "actor_exit": actor_code}
+                "actor_exit": actor_code, "pruned_buffer_files": pruned}
 
 
 def read_done(stage: Stage, marker: Path, outcome: str) -> StageResult:

@@ -86,6 +86,9 @@ def test_runs_end_to_end_and_writes_the_report(finished_run):
     online = next(s for s in summary["stages"] if s["name"] == "online")
     assert online["details"]["online_steps"] >= 40
     assert len(online["commands"]) == 2 and "--pretrained" in online["commands"][0]
+    # every checkpoint kept for the marks, only the latest one's buffer snapshot
+    assert len(list((out / "online" / "learner" / "checkpoints").glob("[0-9]*"))) >= 1
+    assert len(list((out / "online" / "learner" / "replay").glob("buffer_*.npz"))) == 1
     evals = summary["online"][0]["evals"]
     assert set(evals) == {"0", "40"} and evals["0"]["online_steps"] == 0 and evals["40"]["online_steps"] > 0
     assert summary["pretrain_eval"]["episodes"] == 2
