@@ -101,8 +101,9 @@ def _stage_rows(results: Sequence[Any]) -> list[str]:
 def _compare_rows(runs: Sequence[dict], marks: Sequence[int], results: Sequence[Any]) -> list[str]:
     """Per method: success at each mark as mean ± half-range over seeds, episodes and wall-clock."""
     walls = {r.name: r for r in results}
-    head = "| method | seeds | " + " | ".join(f"success @ {m}" for m in marks) + " | episodes | online wall-clock |"
-    rows = [head, "|---|---:|" + "---:|" * len(marks) + "---:|---:|"]
+    head = ("| method | seeds | " + " | ".join(f"success @ {m}" for m in marks)
+            + " | online steps | episodes | online wall-clock |")
+    rows = [head, "|---|---:|" + "---:|" * len(marks) + "---:|---:|---:|"]
     for method in dict.fromkeys(r["method"] for r in runs):
         mine = [r for r in runs if r["method"] == method]
         cells = []
@@ -112,9 +113,11 @@ def _compare_rows(runs: Sequence[dict], marks: Sequence[int], results: Sequence[
             cells.append(f"{np.mean(rates):.0%} ± {(max(rates) - min(rates)) / 2:.0%} (n={len(rates)})"
                          if rates else "–")
         online = [walls[r["online"]] for r in mine if r["online"] in walls]
+        steps = sum(int(o.details.get("online_steps", 0)) for o in online)
         episodes = sum(int(o.details.get("episodes", 0)) for o in online)
         wall = sum(o.wall_s for o in online)
-        rows.append(f"| {method} | {len(mine)} | " + " | ".join(cells) + f" | {episodes} | {wall / 60:.1f} min |")
+        rows.append(f"| {method} | {len(mine)} | " + " | ".join(cells)
+                    + f" | {steps} | {episodes} | {wall / 60:.1f} min |")
     return rows
 
 
@@ -132,7 +135,8 @@ def write_report(plan: Any, results: Sequence[Any], runs: Sequence[dict], *, com
              f"- Cal-QL offline (pre-trained policy): **{_fraction(pretrain_eval)}**", ""]
     if compare:
         lines += ["Success at each online-step mark (mean ± half the range over seeds; each seed "
-                  "evaluated at its learner checkpoint nearest the mark):", "",
+                  "evaluated at its learner checkpoint nearest the mark); online steps, episodes and "
+                  "wall-clock summed over the seeds:", "",
                   *_compare_rows(runs, marks, results), ""]
     else:
         lines += ["| online-step mark | checkpoint evaluated | its online steps | success |", "|---:|---|---:|---:|"]

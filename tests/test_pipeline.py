@@ -87,7 +87,9 @@ def test_runs_end_to_end_and_writes_the_report(finished_run):
     assert online["details"]["online_steps"] >= 40
     assert len(online["commands"]) == 2 and "--pretrained" in online["commands"][0]
     # every checkpoint kept for the marks, only the latest one's buffer snapshot
-    assert len(list((out / "online" / "learner" / "checkpoints").glob("[0-9]*"))) >= 1
+    checkpoints = list((out / "online" / "learner" / "checkpoints").glob("[0-9]*"))
+    assert len(checkpoints) >= 2  # a checkpoint per second (checkpoint_interval_s) and the final one
+    assert online["details"]["pruned_buffer_files"] == len(checkpoints) - 1
     assert len(list((out / "online" / "learner" / "replay").glob("buffer_*.npz"))) == 1
     evals = summary["online"][0]["evals"]
     assert set(evals) == {"0", "40"} and evals["0"]["online_steps"] == 0 and evals["40"]["online_steps"] > 0
@@ -183,3 +185,22 @@ def test_nearest_checkpoint_per_mark():
     transitions = {1: 0, 2: 180, 3: 420, 4: 1010}
     assert nearest_checkpoints(transitions, [0, 200, 1000]) == {0: (1, 0), 200: (2, 180), 1000: (4, 1010)}
     assert nearest_checkpoints({}, [0]) == {}
+
+
+def test_compare_table_means_over_seeds(tmp_path):
+    """The compare table from the stages' own records: two seeds of one method, 1/2 and 2/2."""
+    from franka_rl.pipeline import StageResult
+    from franka_rl.pipeline_report import _compare_rows
+
+    runs, results = [], []
+    for seed, successes in ((0, 1), (1, 2)):
+        eval_dir = tmp_path / f"wsrl_s{seed}" / "eval_online"
+        (eval_dir / "checkpoint_3").mkdir(parents=True)
+        (eval_dir / "checkpoint_3" / "results.json").write_text(
+            json.dumps({"successes": successes, "episodes": 2, "success_rate": successes / 2}))
+        marks = {"100": {"checkpoint": 3, "online_steps": 104, "results": str(eval_dir / "checkpoint_3" / "results.json")}}
+        (eval_dir / "DONE.json").write_text(json.dumps({"details": {"marks": marks}}))
+        runs.append({"method": "wsrl", "seed": seed, "online": f"online.wsrl.s{seed}", "eval_dir": str(eval_dir)})
+        results.append(StageResult(f"online.wsrl.s{seed}", "ran", 60.0, [], {"online_steps": 104, "episodes": 3}))
+    rows = _compare_rows(runs, [0, 100], results)
+    assert rows[-1] == "| wsrl | 2 | – | 75% ± 25% (n=2) | 208 | 6 | 2.0 min |"
