@@ -215,9 +215,10 @@ def nearest_checkpoints(transitions: dict[int, int], marks: Sequence[int]) -> di
     return {mark: min(transitions.items(), key=lambda st: (abs(st[1] - mark), st[0])) for mark in marks}
 
 
-def eval_commands(plan: PipelinePlan, method: str, learner_dir: Path, directory: Path,
-                  seed: int) -> tuple[list[list[str]], dict[str, dict]]:
-    """One eval per learner checkpoint nearest a mark (marks sharing a checkpoint share its eval).
+def eval_commands(plan: PipelinePlan, method: str, learner_dir: Path,
+                  directory: Path) -> tuple[list[list[str]], dict[str, dict]]:
+    """One eval per learner checkpoint nearest a mark (marks sharing a checkpoint share its eval),
+    all with the config's seed, so every method, training seed and mark meets the same starts.
     Mark 0 of a method that starts from the Cal-QL checkpoint is that checkpoint's evaluation:
     the learner starts from exactly that state."""
     picks = nearest_checkpoints(checkpoint_transitions(learner_dir), plan.profile.eval_marks)
@@ -234,7 +235,7 @@ def eval_commands(plan: PipelinePlan, method: str, learner_dir: Path, directory:
         marks[str(mark)] = {"checkpoint": step, "online_steps": transitions, "results": str(out / "results.json")}
         command = franka_rl("eval", "--preset", method, "--checkpoint", str(learner_dir), "--step", str(step),
                             "--episodes", str(plan.profile.eval_episodes), "--out", str(out),
-                            *plan.common("eval", f"seed={seed}"))
+                            *plan.common("eval"))
         if command not in commands:
             commands.append(command)
     return commands, marks
@@ -270,7 +271,8 @@ class Children:
                                    stdin=subprocess.DEVNULL, start_new_session=True,
                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.processes.append(process)
-        threading.Thread(target=_pump, args=(process.stdout, log, echo), daemon=True).start()
+        process.pump = threading.Thread(target=_pump, args=(process.stdout, log, echo), daemon=True)
+        process.pump.start()
         return process
 
     @staticmethod
@@ -292,15 +294,14 @@ class Children:
         return process.returncode
 
     def stop_all(self, grace_s: float = STOP_GRACE_S) -> None:
-        for process in reversed(self.processes):
+        for process in reversed(self.processes):  # the actor before the learner
             self.stop(process, grace_s)
-        # A child's own children in its group (none expected) go with a group kill.
-        for process in self.processes:
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
         self.processes.clear()
+
+    @staticmethod
+    def drain(process: subprocess.Popen) -> None:
+        """Wait until the process's output is all in its log (before the log file closes)."""
+        process.pump.join(timeout=10)
 
 
 def _pump(stream, log, echo: Callable[[bytes], None] | None) -> None:
@@ -421,6 +422,7 @@ class Runner:
                     self.say(f"[{stage.name}] {shell_line(command)}")
                     process = self.children.start(command, log, self.echo)
                     code = process.wait()
+                    self.children.drain(process)
                     self.children.processes.remove(process)
                     if code != 0:
                         self._fail(stage, log_path, f"exit code {code}")
@@ -472,6 +474,8 @@ class Runner:
             actor_code = self.children.stop(actor)
             learner_code = self.children.stop(learner)
             self.children.processes.clear()
+            self.children.drain(actor)
+            self.children.drain(learner)
         steps, episodes, successes = count_online_steps(stage.episodes_dir)
         if learner_code != 0:
             raise PipelineError(f"stage '{stage.name}' failed (the learner exited with code {learner_code} on "
@@ -523,8 +527,8 @@ def run_pipeline(plan: PipelinePlan, *, methods: Sequence[str] = ("wsrl",), seed
                 runner.run(online)
                 learner_dir = online_dir / "learner"
                 evaluation = Stage(f"eval_online{suffix}", base / "eval_online", [])
-                runner.run(evaluation, build=lambda m=method, ld=learner_dir, d=evaluation.directory, s=seed:
-                           _eval_build(plan, m, ld, d, s))
+                runner.run(evaluation, build=lambda m=method, ld=learner_dir, d=evaluation.directory:
+                           _eval_build(plan, m, ld, d))
                 runs.append({"method": method, "seed": seed, "online": f"online{suffix}",
                              "eval": f"eval_online{suffix}", "online_dir": str(online_dir),
                              "eval_dir": str(evaluation.directory)})
@@ -538,8 +542,8 @@ def run_pipeline(plan: PipelinePlan, *, methods: Sequence[str] = ("wsrl",), seed
     return write_report(plan, runner.results, runs, compare=compare)
 
 
-def _eval_build(plan: PipelinePlan, method: str, learner_dir: Path, directory: Path, seed: int):
+def _eval_build(plan: PipelinePlan, method: str, learner_dir: Path, directory: Path):
     if not (learner_dir / "checkpoints").is_dir():
         raise PipelineError(f"no learner checkpoints in {learner_dir}: run the online stage first")
-    commands, marks = eval_commands(plan, method, learner_dir, directory, seed)
+    commands, marks = eval_commands(plan, method, learner_dir, directory)
     return commands, {"marks": marks}
