@@ -59,6 +59,9 @@ class PipelineProfile:
     # Stage 3 and 4.
     pretrain_steps: int = 200_000
     online_steps: int = 8000
+    # WSRL warm-up (agent.online.warmup_steps) of the methods whose preset has one (wsrl, cql);
+    # the others (rlpd, calql_finetune, wsrl_nowarmup) keep their preset's 0.
+    warmup_steps: int = 5000
     # Stage 5: evaluate the learner's checkpoint nearest each of these online-step counts.
     eval_marks: list[int] = field(default_factory=lambda: [0, 2000, 4000, 6000, 8000])
     eval_episodes: int = 20
@@ -176,10 +179,18 @@ def offline_data(out: Path) -> list[Path]:
     return [out / "demos" / "episodes", out / "offline" / "episodes"]
 
 
+def preset_has_warmup(method: str) -> bool:
+    from franka_rl.config import load_config
+
+    return load_config(preset=method).agent.online.warmup_steps > 0
+
+
 def online_stage(plan: PipelinePlan, method: str, seed: int, name: str, directory: Path, port: int) -> Stage:
     """Learner and actor of one method and seed; the actor rewards with the classifier."""
     p, out = plan.profile, plan.out
     shared = [f"seed={seed}", f"transport.port={port}", f"env.real_time={str(p.online_real_time).lower()}"]
+    if preset_has_warmup(method):
+        shared.append(f"agent.online.warmup_steps={p.warmup_steps}")
     learner_args = ["--preset", method]
     if method in PRETRAINED_PRESETS:
         learner_args += ["--pretrained", str(out / "pretrain" / "run" / "checkpoints")]

@@ -26,7 +26,6 @@ overrides:
   - agent.sac.batch_size=32
   - agent.sac.utd=1
   - agent.cql.n_actions=4
-  - agent.online.warmup_steps=20
   - pretrain.log_every=10
   - pretrain.checkpoint_every=20
   - pretrain.holdout_episodes=1
@@ -39,6 +38,7 @@ offline_max_episodes: 40
 use_classifier: false
 pretrain_steps: 20
 online_steps: 40
+warmup_steps: 20
 online_real_time: false
 eval_marks: [0, 40]
 eval_episodes: 2
@@ -204,3 +204,21 @@ def test_compare_table_means_over_seeds(tmp_path):
         results.append(StageResult(f"online.wsrl.s{seed}", "ran", 60.0, [], {"online_steps": 104, "episodes": 3}))
     rows = _compare_rows(runs, [0, 100], results)
     assert rows[-1] == "| wsrl | 2 | – | 75% ± 25% (n=2) | 208 | 6 | 2.0 min |"
+
+
+def test_online_commands_per_method(tmp_path, profile):
+    """The warm-up goes to the methods whose preset has one; rlpd starts from scratch on the
+    offline data; learner and actor get the same agent keys (the handshake compares them)."""
+    from franka_rl.pipeline import PipelinePlan, online_stage
+
+    plan = PipelinePlan(out=tmp_path, profile=load_profile(str(profile)))
+    stages = {m: online_stage(plan, m, 1, f"online.{m}", tmp_path / m, 5555)
+              for m in ("wsrl", "wsrl_nowarmup", "rlpd", "calql_finetune")}
+    for method, stage in stages.items():
+        learner, actor = stage.commands
+        assert learner[learner.index("--preset") + 1] == actor[actor.index("--preset") + 1] == method
+        assert [a for a in learner if a.startswith("agent.")] == [a for a in actor if a.startswith("agent.")]
+        assert "seed=1" in learner and "seed=1" in actor
+        assert ("agent.online.warmup_steps=20" in learner) == (method == "wsrl")
+        assert ("--pretrained" in learner) == (method != "rlpd")
+        assert ("--offline-data" in learner) == (method == "rlpd")
