@@ -85,6 +85,18 @@ class FrankySimPeer:
         self.close()
 
 
+def start_or_skip(host: str = HOST) -> FrankySimPeer:
+    """A franky-sim peer on `host` for a test, or a pytest skip that says why it cannot start."""
+    import pytest
+
+    pytest.importorskip("franky", reason="franky-control is not installed")
+    pytest.importorskip("franky_sim", reason="franky-sim is not installed")
+    try:
+        return FrankySimPeer.start(host=host)
+    except PeerUnavailable as exc:
+        pytest.skip(f"franky-sim cannot start here: {exc}")
+
+
 def _serve(host: str) -> None:
     from franky_sim import SimulationServer
     from franky_sim.mujoco_simulator import MujocoSimulator

@@ -15,7 +15,7 @@ from scipy.spatial.transform import Rotation
 pytest.importorskip("franky", reason="franky-control is not installed")
 pytest.importorskip("franky_sim", reason="franky-sim is not installed")
 
-from franky_sim_peer import FrankySimPeer, PeerUnavailable  # noqa: E402
+from franky_sim_peer import FrankySimPeer, start_or_skip  # noqa: E402
 
 from robot_env import make_env  # noqa: E402
 from robot_env.config import EnvConfig, TaskConfig  # noqa: E402
@@ -31,10 +31,7 @@ ENV_CFG = EnvConfig(cameras=[], control_hz=10.0)
 
 @pytest.fixture(scope="module")
 def peer():
-    try:
-        server = FrankySimPeer.start()
-    except PeerUnavailable as exc:
-        pytest.skip(f"franky-sim cannot start here: {exc}")
+    server = start_or_skip()
     yield server
     server.close()
 

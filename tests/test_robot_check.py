@@ -54,13 +54,9 @@ def camera_overrides(path: Path | str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def peer():
-    pytest.importorskip("franky_sim", reason="franky-sim is not installed")
-    from franky_sim_peer import FrankySimPeer, PeerUnavailable
+    from franky_sim_peer import start_or_skip
 
-    try:
-        server = FrankySimPeer.start(host=PEER_HOST)
-    except PeerUnavailable as exc:
-        pytest.skip(f"franky-sim cannot start here: {exc}")
+    server = start_or_skip(PEER_HOST)
     yield server
     server.close()
 

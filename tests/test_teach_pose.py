@@ -72,14 +72,9 @@ def test_written_file_loads_and_a_failed_write_leaves_nothing(tmp_path):
 
 @pytest.fixture(scope="module")
 def peer():
-    pytest.importorskip("franky", reason="franky-control is not installed")
-    pytest.importorskip("franky_sim", reason="franky-sim is not installed")
-    from franky_sim_peer import FrankySimPeer, PeerUnavailable
+    from franky_sim_peer import start_or_skip
 
-    try:
-        server = FrankySimPeer.start(host=PEER_HOST)
-    except PeerUnavailable as exc:
-        pytest.skip(f"franky-sim cannot start here: {exc}")
+    server = start_or_skip(PEER_HOST)
     yield server
     server.close()
 
@@ -147,15 +142,10 @@ def test_teach_pose_abort_or_closed_input_writes_nothing(peer, tmp_path):
 def test_refused_guiding_setting_is_one_line_and_writes_nothing(tmp_path):
     # franky-sim does not implement the guiding-axes command (and stops serving after it), as an
     # arm without that feature would: the command must end within its timeout, with what to do.
-    pytest.importorskip("franky", reason="franky-control is not installed")
-    pytest.importorskip("franky_sim", reason="franky-sim is not installed")
-    from franky_sim_peer import FrankySimPeer, PeerUnavailable
+    from franky_sim_peer import start_or_skip
 
     host = "127.0.0.35"
-    try:
-        peer = FrankySimPeer.start(host=host)
-    except PeerUnavailable as exc:
-        pytest.skip(f"franky-sim cannot start here: {exc}")
+    peer = start_or_skip(host)
     out = tmp_path / "my_cell.yaml"
     try:
         started = time.monotonic()
