@@ -43,6 +43,13 @@ class ClassifierConfig:
     eval_every: int = 250
     # Frames per backbone call when building the feature cache.
     feature_batch_size: int = 128
+    # Crop augmentation on the frozen path: this many random-shift copies of every training frame
+    # (pad `augment_pad` px with edge values, crop back at a random offset, each camera on its
+    # own) go through the backbone once and join the cache, labelled as their originals. Each
+    # copy costs one more backbone pass over the training frames. 0 = off (enough in the twin);
+    # on the robot, where the cameras shift a little between sessions, 2-4 is a sound start.
+    augment_copies: int = 0
+    augment_pad: int = 4
     seed: int = 0
 
     # --- Threshold: the lowest probability threshold whose false-positive rate on the validation

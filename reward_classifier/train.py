@@ -1,6 +1,7 @@
 """Training the success head on cached backbone features, and choosing its threshold.
 
-The backbone is frozen, so each frame goes through it once (the feature cache); one jitted step
+The backbone is frozen, so each frame goes through it once (the feature cache; crop augmentation
+adds random-shift copies of the training frames to that cache, each encoded once); one jitted step
 then trains the head on a balanced batch (half successes, half failures) with binary
 cross-entropy and Adam. Validation is on held-out episodes; the threshold is picked there for
 the target false-positive rate (metrics.threshold_for_fpr).
@@ -20,6 +21,7 @@ import numpy as np
 import optax
 from flax.training.train_state import TrainState
 
+from agent.vision import random_shift
 from reward_classifier.config import ClassifierConfig
 from reward_classifier.data import LabelledFrames, split_by_episode
 from reward_classifier.metrics import classification_report, threshold_for_fpr
@@ -82,6 +84,13 @@ def balanced_indices(rng: np.random.Generator, positives: np.ndarray, negatives:
     return np.concatenate([rng.choice(positives, half), rng.choice(negatives, batch_size - half)])
 
 
+def shifted_copies(images: np.ndarray, copies: int, pad: int, key: jax.Array) -> np.ndarray:
+    """`copies` random-shift versions of uint8 frames (N, H, W, 3), stacked copy after copy:
+    (copies * N, H, W, 3). Each is the edge-padded frame cropped back at a random offset."""
+    keys = jax.random.split(key, copies)
+    return np.concatenate([np.asarray(random_shift(k, jnp.asarray(images), pad)) for k in keys])
+
+
 def train_classifier(frames: LabelledFrames, cfg: ClassifierConfig, *, log: Callable[[int, dict], None] | None = None,
                      progress: bool = True) -> TrainedClassifier:
     """Train on `frames` per `cfg`; `log(step, values)` receives training and validation scalars."""
@@ -89,6 +98,8 @@ def train_classifier(frames: LabelledFrames, cfg: ClassifierConfig, *, log: Call
 
     if cfg.batch_size < 2 or cfg.steps < 1:
         raise ValueError("classifier.batch_size must be >= 2 and classifier.steps >= 1")
+    if cfg.augment_copies < 0 or cfg.augment_pad < 0:
+        raise ValueError("classifier.augment_copies and classifier.augment_pad must be >= 0")
     train_mask, val_mask = split_by_episode(frames.episode, frames.labels, cfg.validation_fraction, cfg.seed)
     key = jax.random.PRNGKey(cfg.seed)
     backbone_key, head_key, key = jax.random.split(key, 3)
@@ -102,19 +113,28 @@ def train_classifier(frames: LabelledFrames, cfg: ClassifierConfig, *, log: Call
 
     feature_fn = make_feature_fn(cfg.backbone)
     features: dict[str, np.ndarray] = {}
-    with tqdm(total=len(frames) * len(cfg.image_keys), desc="backbone features", unit="frame",
-              disable=not progress) as bar:
+    augmented: dict[str, np.ndarray] = {}
+    train_count = int(train_mask.sum())
+    total = (len(frames) + cfg.augment_copies * train_count) * len(cfg.image_keys)
+    with tqdm(total=total, desc="backbone features", unit="frame", disable=not progress) as bar:
         for camera in cfg.image_keys:
             features[camera] = compute_features(feature_fn, backbone_params, frames.images[camera],
                                                 cfg.feature_batch_size, bar.update)
+            if cfg.augment_copies:
+                key, shift_key = jax.random.split(key)
+                shifted = shifted_copies(frames.images[camera][train_mask], cfg.augment_copies,
+                                         cfg.augment_pad, shift_key)
+                augmented[camera] = compute_features(feature_fn, backbone_params, shifted,
+                                                     cfg.feature_batch_size, bar.update)
     feature_shape = features[cfg.image_keys[0]].shape[1:]
 
     head = make_head(cfg.image_keys, cfg.pooling, cfg.spatial_features, cfg.hidden_dim, cfg.dropout)
     state = TrainState.create(apply_fn=head.apply, params=init_head(head, feature_shape, head_key),
                               tx=optax.adam(cfg.learning_rate))
-    train_features = {k: jnp.asarray(v[train_mask]) for k, v in features.items()}
+    train_features = {k: jnp.asarray(np.concatenate([v[train_mask], augmented[k]]) if augmented else v[train_mask])
+                      for k, v in features.items()}
     val_features = {k: v[val_mask] for k, v in features.items()}
-    train_labels = frames.labels[train_mask]
+    train_labels = np.tile(frames.labels[train_mask], 1 + cfg.augment_copies)
     val_labels = frames.labels[val_mask]
     positives, negatives = np.flatnonzero(train_labels), np.flatnonzero(~train_labels)
     update, predict = make_update_fn(head), make_predict_fn(head)
@@ -150,6 +170,8 @@ def train_classifier(frames: LabelledFrames, cfg: ClassifierConfig, *, log: Call
         lowest_success_probability=float(probabilities[val_labels].min()),
         validation_episodes=int(np.unique(frames.episode[val_mask]).size),
         training_episodes=int(np.unique(frames.episode[train_mask]).size),
+        # Cached training examples: the frames plus their augment_copies shifted copies.
+        training_examples=int(len(train_labels)),
         training_balanced_accuracy=classification_report(train_labels, train_probabilities, threshold)["balanced_accuracy"],
         training_seconds=time.time() - started,
     )

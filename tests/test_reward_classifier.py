@@ -296,6 +296,33 @@ def test_train_then_eval_classifier_cli_write_their_files(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--overwrite" in err
 
+    # Crop augmentation: one shifted copy of every training frame joins the cache.
+    assert main(["train-classifier", "--data", str(data), "--out", str(model), "--quiet", "--overwrite",
+                 *TINY, "classifier.augment_copies=1"]) == 0
+    augmented = json.loads((model / "metrics.json").read_text())
+    assert augmented["training_examples"] == 2 * metrics["training_examples"] > 0
+
+
+def test_shifted_copies_are_crops_of_the_edge_padded_frame():
+    import jax
+
+    from reward_classifier.train import shifted_copies
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (5, 12, 10, 3), dtype=np.uint8)
+    pad = 3
+    copies = shifted_copies(frames, 2, pad, jax.random.PRNGKey(0))
+    assert copies.shape == (10, 12, 10, 3) and copies.dtype == np.uint8
+    padded = np.pad(frames, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
+    offsets = []
+    for index, image in enumerate(copies):
+        source = padded[index % len(frames)]
+        found = [(dy, dx) for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)
+                 if np.array_equal(source[dy:dy + 12, dx:dx + 10], image)]
+        assert found, index
+        offsets.append(found[0])
+    assert len(set(offsets)) > 1  # random offsets, not one fixed shift
+
 
 def test_eval_on_data_from_other_cameras_is_one_line(tmp_path, capsys):
     save_tiny_classifier(tmp_path / "model", size=32)
