@@ -120,6 +120,9 @@ class Stage:
     # The command continues from what an interrupted run left (pretrain resumes from its latest
     # checkpoint); every other stage starts from an empty folder, so no half-run data mixes in.
     resumable: bool = False
+    # Stages whose outputs this one reads: when one of them runs, this one's output is stale and
+    # runs again, even if it was done.
+    inputs: tuple[str, ...] = ()
 
 
 def franka_rl(command: str, *args: str) -> list[str]:
@@ -161,16 +164,18 @@ def data_stages(plan: PipelinePlan) -> list[Stage]:
                              f"record.reward_negatives={p.reward_negatives}", "seed=2000"))]),
             Stage("classifier", out / "classifier", [franka_rl(
                 "train-classifier", "--data", str(out / "rewards" / "frames"), "--out",
-                str(out / "classifier" / "model"), "--overwrite", *plan.common("classifier"))]),
+                str(out / "classifier" / "model"), "--overwrite", *plan.common("classifier"))],
+                inputs=("rewards",)),
         ]
     pretrain_dir = out / "pretrain" / "run"
     stages += [
         Stage("pretrain", out / "pretrain", [franka_rl(
             "pretrain", "--preset", "wsrl", "--out", str(pretrain_dir), "--steps", str(p.pretrain_steps),
-            *plan.common("pretrain"), "--data", *map(str, offline_data(out)))], resumable=True),
+            *plan.common("pretrain"), "--data", *map(str, offline_data(out)))], resumable=True,
+            inputs=("demos", "offline")),
         Stage("eval_pretrain", out / "eval_pretrain", [franka_rl(
             "eval", "--preset", "wsrl", "--checkpoint", str(pretrain_dir), "--episodes", str(p.eval_episodes),
-            "--out", str(out / "eval_pretrain" / "eval"), *plan.common("eval"))]),
+            "--out", str(out / "eval_pretrain" / "eval"), *plan.common("eval"))], inputs=("pretrain",)),
     ]
     return stages
 
@@ -206,8 +211,11 @@ def online_stage(plan: PipelinePlan, method: str, seed: int, name: str, director
               if p.use_classifier else [])
     actor = franka_rl("actor", "--preset", method,
                       *plan.common("actor", *shared, f"actor.episodes_dir={directory / 'episodes'}", *reward))
+    inputs = ("pretrain",) if method in PRETRAINED_PRESETS else ("demos", "offline")
+    if p.use_classifier:
+        inputs += ("classifier",)
     return Stage(name, directory, [learner, actor], online_steps=p.online_steps,
-                 episodes_dir=directory / "episodes")
+                 episodes_dir=directory / "episodes", inputs=inputs)
 
 
 def checkpoint_transitions(learner_dir: Path) -> dict[int, int]:
@@ -390,6 +398,8 @@ class Runner:
         self.say = say or (lambda text: print(text, file=sys.stderr, flush=True))
         self.children = Children()
         self.results: list[StageResult] = []
+        # Stages that ran (not skipped) in this invocation: what reads their output runs again.
+        self.ran: set[str] = set()
 
     @staticmethod
     def _matches(name: str, selectors: set[str]) -> bool:
@@ -406,12 +416,16 @@ class Runner:
             if result is not None:
                 self.results.append(result)
             return result
-        if marker.is_file() and not self._matches(stage.name, self.force):
+        stale_inputs = sorted(self.ran.intersection(stage.inputs))
+        forced = self._matches(stage.name, self.force) or bool(stale_inputs)
+        if marker.is_file() and not forced:
             result = read_done(stage, marker, "skipped")
             self.say(f"[{stage.name}] done before ({result.wall_s:.0f} s), skipped: {marker}")
             self.results.append(result)
             return result
-        forced = self._matches(stage.name, self.force)
+        if marker.is_file() and stale_inputs:
+            self.say(f"[{stage.name}] done before, but {', '.join(stale_inputs)} ran again: rerunning")
+        self.ran.add(stage.name)
         marker.unlink(missing_ok=True)
         if stage.directory.exists() and (forced or not stage.resumable):
             shutil.rmtree(stage.directory)
@@ -537,7 +551,7 @@ def run_pipeline(plan: PipelinePlan, *, methods: Sequence[str] = ("wsrl",), seed
                 online = online_stage(plan, method, seed, f"online{suffix}", online_dir, free_port())
                 runner.run(online)
                 learner_dir = online_dir / "learner"
-                evaluation = Stage(f"eval_online{suffix}", base / "eval_online", [])
+                evaluation = Stage(f"eval_online{suffix}", base / "eval_online", [], inputs=(online.name,))
                 runner.run(evaluation, build=lambda m=method, ld=learner_dir, d=evaluation.directory:
                            _eval_build(plan, m, ld, d))
                 runs.append({"method": method, "seed": seed, "online": f"online{suffix}",

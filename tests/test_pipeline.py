@@ -222,3 +222,29 @@ def test_online_commands_per_method(tmp_path, profile):
         assert ("agent.online.warmup_steps=20" in learner) == (method == "wsrl")
         assert ("--pretrained" in learner) == (method != "rlpd")
         assert ("--offline-data" in learner) == (method == "rlpd")
+
+
+def test_a_stage_that_runs_reruns_what_reads_its_output(tmp_path):
+    from franka_rl.pipeline import Runner, Stage
+
+    def stages():
+        noop = [[sys.executable, "-c", "pass"]]
+        return [Stage("a", tmp_path / "a", noop), Stage("b", tmp_path / "b", noop, inputs=("a",)),
+                Stage("c", tmp_path / "c", noop), Stage("d", tmp_path / "d", noop, inputs=("b",))]
+
+    said: list[str] = []
+    first = Runner(tmp_path, echo=False, say=said.append)
+    for stage in stages():
+        first.run(stage)
+    assert first.ran == {"a", "b", "c", "d"}
+
+    untouched = Runner(tmp_path, echo=False, say=said.append)
+    for stage in stages():
+        untouched.run(stage)
+    assert untouched.ran == set()
+
+    forced = Runner(tmp_path, force=["a"], echo=False, say=said.append)
+    for stage in stages():
+        forced.run(stage)
+    assert forced.ran == {"a", "b", "d"}  # c reads nothing of a's: kept
+    assert any("[b] done before, but a ran again: rerunning" in line for line in said)
