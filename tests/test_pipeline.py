@@ -122,6 +122,7 @@ def test_rerun_skips_every_completed_stage(finished_run, profile, capsys):
 def test_ctrl_c_leaves_no_process_and_no_marker(finished_run, profile):
     """Ctrl-C of the pipeline during the online stage stops the learner and the actor."""
     out, _ = finished_run
+    started = time.time()
     pipeline = subprocess.Popen(
         [sys.executable, "-m", "franka_rl", "pipeline", "--profile", str(profile), "--out", str(out), "--quiet",
          "--force", "online", "--stages", "online", "--set", "online_steps=1000000"],
@@ -129,12 +130,23 @@ def test_ctrl_c_leaves_no_process_and_no_marker(finished_run, profile):
     try:
         deadline = time.monotonic() + 120
         episodes = out / "online" / "episodes"
-        while time.monotonic() < deadline and (out / "online" / "DONE.json").exists():
-            time.sleep(0.2)  # the forced stage starts by clearing its folder, the old episodes with it
-        while time.monotonic() < deadline and not list(episodes.glob("episode_*.npz")):
+
+        def new_episodes() -> list[Path]:
+            # The forced stage clears its folder first; until then the finished run's episodes are
+            # still there, so count only episodes written by this run.
+            found = []
+            for path in episodes.glob("episode_*.npz"):
+                try:
+                    if path.stat().st_mtime > started:
+                        found.append(path)
+                except FileNotFoundError:
+                    continue
+            return found
+
+        while time.monotonic() < deadline and not new_episodes():
             assert pipeline.poll() is None, pipeline.stdout.read().decode()
             time.sleep(0.5)
-        assert list(episodes.glob("episode_*.npz")), "the actor never finished an episode"
+        assert new_episodes(), "the actor never finished an episode"
         assert len(children_of_run(out)) >= 2  # learner and actor run
         pipeline.send_signal(signal.SIGINT)
         assert pipeline.wait(timeout=120) == 130
