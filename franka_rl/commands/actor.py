@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,14 +36,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from agent.actor import Actor, build_env, install_stop_handlers
-    from franka_rl.commands.learner import register_process_errors
+    from franka_rl.commands.learner import start_online_process
     from franka_rl.config import load_config
     from teleop.recording import StatusLine
 
-    register_process_errors()
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
-    logging.getLogger("agent").setLevel(logging.INFO)  # joins, rejections, resends; not JAX/orbax chatter
+    start_online_process()
     cfg = load_config(args.config, args.overrides)
     env = build_env(cfg)
     try:

@@ -67,15 +67,20 @@ def register_process_errors() -> None:
         register_user_error(error)
 
 
+def start_online_process() -> None:
+    """What the actor and the learner both set up first: one-line errors, and logs on stderr."""
+    register_process_errors()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    logging.getLogger("agent").setLevel(logging.INFO)  # joins, rejections, resends; not JAX/orbax chatter
+
+
 def run(args: argparse.Namespace) -> int:
     from agent.learner import Learner, install_stop_handlers
     from franka_rl.config import load_config
     from teleop.recording import StatusLine
 
-    register_process_errors()
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
-    logging.getLogger("agent").setLevel(logging.INFO)  # joins, rejections, resends; not JAX/orbax chatter
+    start_online_process()
     cfg = load_config(args.config, args.overrides)
     learner = Learner(cfg, pretrained_dir=args.pretrained, offline_dirs=args.offline_data)
     install_stop_handlers(learner)
