@@ -37,8 +37,15 @@ def mark_results(eval_dir: Path, marks: Sequence[int]) -> dict[int, dict]:
         pick = picks.get(str(mark))
         result = _read_json(Path(pick["results"])) if pick else None
         if result is not None:
-            found[mark] = {**result, "online_steps": pick["online_steps"], "checkpoint": pick["checkpoint"]}
+            found[mark] = {**result, "online_steps": pick["online_steps"], "checkpoint": pick["checkpoint"],
+                           "results_path": pick["results"]}
     return found
+
+
+def seed_rates(runs: Sequence[dict], method: str, mark: int) -> list[float]:
+    """Evaluation success rate at `mark` of each of the method's seeds that reached it."""
+    return [res["success_rate"] for r in runs if r["method"] == method
+            if (res := mark_results(Path(r["eval_dir"]), [mark]).get(mark)) is not None]
 
 
 def training_episode_curve(episodes_dir: Path, window: int = 20) -> tuple[np.ndarray, np.ndarray]:
@@ -81,12 +88,66 @@ def plot_success(runs: Sequence[dict], marks: Sequence[int], path: Path) -> Path
     ax.set_ylabel("success rate")
     ax.set_ylim(-0.03, 1.03)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="best")
     ax.set_title("success vs online steps")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_compare(runs: Sequence[dict], marks: Sequence[int], path: Path) -> Path:
+    """Per method: mean evaluation success over seeds at each mark, the band spanning the seeds'
+    lowest to highest."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for index, method in enumerate(dict.fromkeys(r["method"] for r in runs)):
+        xs, means, lows, highs = [], [], [], []
+        for mark in marks:
+            rates = seed_rates(runs, method, mark)
+            if rates:
+                xs.append(mark)
+                means.append(float(np.mean(rates)))
+                lows.append(min(rates))
+                highs.append(max(rates))
+        if not xs:
+            continue
+        seeds = sum(r["method"] == method for r in runs)
+        ax.plot(xs, means, "o-", color=f"C{index}", label=f"{method} (mean of {seeds} seeds)")
+        ax.fill_between(xs, lows, highs, color=f"C{index}", alpha=0.15, linewidth=0)
+    ax.set_xlabel("online env steps (mark)")
+    ax.set_ylabel("success rate, 20 spread starts")
+    ax.set_ylim(-0.03, 1.03)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="best")
+    ax.set_title("methods compared: mean and range over seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def copy_videos(out: Path, runs: Sequence[dict], marks: Sequence[int], report: Path) -> list[str]:
+    """Copy the evaluation videos of the pre-trained policy and (one run) of its last evaluated
+    checkpoint into the report: what the numbers look like."""
+    copied = []
+    sources = [(out / "eval_pretrain" / "eval" / "eval.mp4", "pretrained_policy.mp4")]
+    if len(runs) == 1:
+        evals = mark_results(Path(runs[0]["eval_dir"]), marks)
+        if evals:
+            last = Path(evals[max(evals)]["results_path"]).parent / "eval.mp4"
+            sources.append((last, f"{runs[0]['method']}_final_policy.mp4"))
+    for source, name in sources:
+        if source.is_file():
+            shutil.copyfile(source, report / name)
+            copied.append(name)
+    return copied
 
 
 def _stage_rows(results: Sequence[Any]) -> list[str]:
@@ -108,8 +169,7 @@ def _compare_rows(runs: Sequence[dict], marks: Sequence[int], results: Sequence[
         mine = [r for r in runs if r["method"] == method]
         cells = []
         for mark in marks:
-            rates = [res["success_rate"] for r in mine
-                     if (res := mark_results(Path(r["eval_dir"]), [mark]).get(mark)) is not None]
+            rates = seed_rates(runs, method, mark)
             cells.append(f"{np.mean(rates):.0%} ± {(max(rates) - min(rates)) / 2:.0%} (n={len(rates)})"
                          if rates else "–")
         online = [walls[r["online"]] for r in mine if r["online"] in walls]
@@ -145,12 +205,17 @@ def write_report(plan: Any, results: Sequence[Any], runs: Sequence[dict], *, com
                 lines.append(f"| {mark} | {res['checkpoint']} | {res['online_steps']} | {_fraction(res)} |")
         lines.append("")
     total = sum(r.wall_s for r in results)
+    videos = copy_videos(out, runs, marks, report)
+    judge = "the reward classifier" if plan.profile.use_classifier else "the twin"
+    plots = [f"`success_vs_online_steps.png` (dots: evaluation of the learner's checkpoints; thin lines: "
+             f"the actor's moving success over its last 20 training episodes, as {judge} judged them)"]
+    if compare:
+        plots.append("`compare_success.png` (per method: mean evaluation success over seeds, the band "
+                     "from the lowest to the highest seed)")
+    plots.append("`calibration.png` (Q against the Monte-Carlo return after pre-training)")
     lines += [f"Total wall-clock of the stages: {total / 60:.1f} min.", "",
-              "Plots: `success_vs_online_steps.png` (dots: evaluation of the learner's checkpoints; "
-              "thin lines: the actor's moving success over its last 20 training episodes, as "
-              f"{'the reward classifier' if plan.profile.use_classifier else 'the twin'} judged them), "
-              "`calibration.png` (Q against the Monte-Carlo return after "
-              "pre-training). Commands to repeat each stage: `commands.md`.", ""]
+              f"Plots: {', '.join(plots)}. Commands to repeat each stage: `commands.md`."
+              + (f" Evaluation videos: {', '.join(f'`{v}`' for v in videos)}." if videos else ""), ""]
     (report / "results.md").write_text("\n".join(lines))
 
     commands = ["# Commands, in the order they ran", "",
@@ -163,6 +228,8 @@ def write_report(plan: Any, results: Sequence[Any], runs: Sequence[dict], *, com
 
     if runs:
         plot_success(runs, marks, report / "success_vs_online_steps.png")
+        if compare:
+            plot_compare(runs, marks, report / "compare_success.png")
     calibration = out / "pretrain" / "run" / "calibration.png"
     if calibration.is_file():
         shutil.copyfile(calibration, report / "calibration.png")

@@ -202,7 +202,7 @@ def test_nearest_checkpoint_per_mark():
 def test_compare_table_means_over_seeds(tmp_path):
     """The compare table from the stages' own records: two seeds of one method, 1/2 and 2/2."""
     from franka_rl.pipeline import StageResult
-    from franka_rl.pipeline_report import _compare_rows
+    from franka_rl.pipeline_report import _compare_rows, plot_compare, seed_rates
 
     runs, results = [], []
     for seed, successes in ((0, 1), (1, 2)):
@@ -216,6 +216,9 @@ def test_compare_table_means_over_seeds(tmp_path):
         results.append(StageResult(f"online.wsrl.s{seed}", "ran", 60.0, [], {"online_steps": 104, "episodes": 3}))
     rows = _compare_rows(runs, [0, 100], results)
     assert rows[-1] == "| wsrl | 2 | – | 75% ± 25% (n=2) | 208 | 6 | 2.0 min |"
+    assert seed_rates(runs, "wsrl", 100) == [0.5, 1.0] and seed_rates(runs, "wsrl", 0) == []
+    assert seed_rates(runs, "rlpd", 100) == []
+    assert plot_compare(runs, [0, 100], tmp_path / "compare.png").stat().st_size > 0
 
 
 def test_online_commands_per_method(tmp_path, profile):
@@ -260,3 +263,23 @@ def test_a_stage_that_runs_reruns_what_reads_its_output(tmp_path):
         forced.run(stage)
     assert forced.ran == {"a", "b", "d"}  # c reads nothing of a's: kept
     assert any("[b] done before, but a ran again: rerunning" in line for line in said)
+
+
+def test_demo_is_the_pipeline(tmp_path, profile, capsys):
+    """`franka-rl demo` (the README's main command) runs the pipeline's stages and writes its report."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--profile", str(profile), "--out", str(out), "--stages", "demos", "--quiet"]) == 0
+    assert (out / "demos" / "DONE.json").is_file() and not (out / "offline").exists()
+    assert "Cal-QL offline" in (out / "report" / "results.md").read_text()
+    assert f"report: {out / 'report' / 'results.md'}" in capsys.readouterr().out
+
+
+def test_demo_expert_preview_writes_video_and_sheet(tmp_path):
+    out = tmp_path / "demo"
+    code = main(["demo", "--expert-preview", "--episodes", "1", "--video-episodes", "1", "--out", str(out),
+                 "env.image_height=32", "env.image_width=32"])
+    assert code == 0
+    preview = out / "preview"
+    summary = json.loads((preview / "summary.json").read_text())
+    assert summary["episodes"] == 1 and summary["successes"] == 1
+    assert (preview / "wrist_cameras.mp4").stat().st_size > 0 and (preview / "contact_sheet.png").stat().st_size > 0

@@ -1,5 +1,6 @@
-"""`franka-rl demo`: the README's main command. Runs the MuJoCo twin with the scripted expert and
-writes a video of both wrist cameras, a contact sheet and the success rate."""
+"""`franka-rl demo`: the README's main command. By default the whole recipe in the MuJoCo twin
+(`franka-rl pipeline`, cpu profile, into runs/demo); `--expert-preview` only drives the twin with
+the scripted expert and writes a video of both wrist cameras, a contact sheet and the success rate."""
 
 from __future__ import annotations
 
@@ -10,33 +11,54 @@ from pathlib import Path
 
 import numpy as np
 
-from franka_rl.cli import UserError, add_config_arguments
+from franka_rl.cli import UserError
+from franka_rl.commands import pipeline as pipeline_command
 from franka_rl.config import load_config
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="run the simulated peg-insertion cell with the scripted expert (no robot needed)",
+        help="the whole recipe in the simulated cell, no robot needed: demos, classifier, Cal-QL, "
+             "WSRL actor + learner, evaluation, report (~15 min on 2 CPU cores)",
         description=(
-            "Drive the MuJoCo twin with the scripted expert from randomised resets, print the "
-            "success rate, and write a video of both wrist cameras and a contact sheet."
+            "Run the recipe end to end in the MuJoCo twin, as `franka-rl pipeline` with the cpu "
+            "profile does: scripted demos and a mixed-quality offline dataset, reward frames and the "
+            "reward classifier, Cal-QL pre-training, WSRL fine-tuning with a learner and an actor "
+            "process, evaluation from 20 spread initial poses; then write <out>/report/ (results "
+            "table, success and calibration plots, the commands of every stage). Completed stages "
+            "are skipped on a rerun. --expert-preview instead drives the twin with the scripted "
+            "expert for a few episodes and writes a video of both wrist cameras (seconds)."
         ),
-        epilog="example: franka-rl demo --episodes 20 --output runs/demo sim.hole_clearance=0.0005",
+        epilog=(
+            "examples:\n"
+            "  franka-rl demo                                   # the recipe, cpu profile, into runs/demo\n"
+            "  franka-rl demo --compare --seeds 0 1 2           # + RLPD, Cal-QL fine-tuning, WSRL without warm-up\n"
+            "  franka-rl demo --profile full --out runs/full    # the papers' sizes (GPU workstation)\n"
+            "  franka-rl demo --expert-preview --episodes 20 --noise 0.2 sim.hole_clearance=0.0005"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_config_arguments(parser)
-    parser.add_argument("--episodes", type=int, default=10, help="episodes to run (default 10)")
-    parser.add_argument(
-        "--video-episodes", type=int, default=2, help="episodes recorded into the video (default 2)"
-    )
-    parser.add_argument(
-        "--noise", type=float, default=0.0, help="expert action noise (std, in action units)"
-    )
-    parser.add_argument("--output", default=None, help="output folder (default: <output_dir>/demo)")
+    pipeline_command.add_pipeline_arguments(parser, default_out="runs/demo")
+    preview = parser.add_argument_group("expert preview (--expert-preview)")
+    preview.add_argument("--expert-preview", action="store_true",
+                         help="only run the scripted expert and write <out>/preview/: wrist-camera video, "
+                              "contact sheet, summary.json")
+    preview.add_argument("--episodes", type=int, default=10, help="preview episodes (default 10)")
+    preview.add_argument("--video-episodes", type=int, default=2,
+                         help="preview episodes recorded into the video (default 2)")
+    preview.add_argument("--noise", type=float, default=0.0,
+                         help="preview expert's action noise (std, in action units)")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.expert_preview:
+        return run_expert_preview(args)
+    return pipeline_command.run(args)
+
+
+def run_expert_preview(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     if cfg.mode != "sim":
         raise UserError("demo runs the MuJoCo twin: use a config with mode: sim")
@@ -48,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     import sim
     from robot_env.media import contact_sheet, save_png, side_by_side, write_video
 
-    output = Path(args.output) if args.output else Path(cfg.output_dir) / "demo"
+    output = Path(args.out) / "preview"
     output.mkdir(parents=True, exist_ok=True)
     cameras = list(cfg.env.cameras)
     env = sim.make_env(cfg)

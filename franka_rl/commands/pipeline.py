@@ -35,11 +35,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_pipeline_arguments(parser, default_out="runs/pipeline")
+    parser.set_defaults(handler=run)
+
+
+def add_pipeline_arguments(parser: argparse.ArgumentParser, *, default_out: str) -> None:
+    """The pipeline's options; `franka-rl demo` takes the same ones."""
     parser.add_argument("--profile", default="cpu",
                         help="configs/pipeline/<NAME>.yaml or a path to a profile file (default: cpu)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a profile key, e.g. --set online_steps=1000 (repeatable)")
-    parser.add_argument("--out", default="runs/pipeline", help="output folder (default: runs/pipeline)")
+    parser.add_argument("--out", default=default_out, help=f"output folder (default: {default_out})")
     parser.add_argument("--config", default=None,
                         help="YAML config of every stage (default: configs/peg_insertion_sim.yaml)")
     parser.add_argument("--stages", action="append", metavar="A,B",
@@ -57,7 +63,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--quiet", action="store_true", help="do not echo the stages' output (logs only)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides given to every stage, after the profile's")
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
