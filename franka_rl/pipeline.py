@@ -190,6 +190,14 @@ def preset_has_warmup(method: str) -> bool:
     return load_config(preset=method).agent.online.warmup_steps > 0
 
 
+def preset_samples_offline_data(method: str) -> bool:
+    """Whether the method's online batches mix in offline data (RLPD's half, Cal-QL fine-tuning's
+    proportional share): its learner then needs the episode folders."""
+    from franka_rl.config import load_config
+
+    return load_config(preset=method).agent.online.offline_ratio != 0
+
+
 def online_stage(plan: PipelinePlan, method: str, seed: int, name: str, directory: Path, port: int) -> Stage:
     """Learner and actor of one method and seed; the actor rewards with the classifier."""
     p, out = plan.profile, plan.out
@@ -205,13 +213,15 @@ def online_stage(plan: PipelinePlan, method: str, seed: int, name: str, director
                      # keep every checkpoint: stage 5 evaluates the one nearest each mark
                      "learner.keep_checkpoints=100000",
                      f"learner.checkpoint_interval_s={p.checkpoint_interval_s}"))
-    if method not in PRETRAINED_PRESETS:
+    offline_inputs: tuple[str, ...] = ()
+    if preset_samples_offline_data(method):
         learner += ["--offline-data", *map(str, offline_data(out))]
+        offline_inputs = ("demos", "offline")
     reward = (["classifier.enabled=true", f"classifier.model_dir={out / 'classifier' / 'model'}"]
               if p.use_classifier else [])
     actor = franka_rl("actor", "--preset", method,
                       *plan.common("actor", *shared, f"actor.episodes_dir={directory / 'episodes'}", *reward))
-    inputs = ("pretrain",) if method in PRETRAINED_PRESETS else ("demos", "offline")
+    inputs = (("pretrain",) if method in PRETRAINED_PRESETS else ()) + offline_inputs
     if p.use_classifier:
         inputs += ("classifier",)
     return Stage(name, directory, [learner, actor], online_steps=p.online_steps,

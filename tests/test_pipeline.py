@@ -236,7 +236,10 @@ def test_online_commands_per_method(tmp_path, profile):
         assert "seed=1" in learner and "seed=1" in actor
         assert ("agent.online.warmup_steps=20" in learner) == (method == "wsrl")
         assert ("--pretrained" in learner) == (method != "rlpd")
-        assert ("--offline-data" in learner) == (method == "rlpd")
+        # the methods whose online batches mix in offline data get the episode folders
+        assert ("--offline-data" in learner) == (method in ("rlpd", "calql_finetune"))
+        assert ("demos" in stage.inputs) == (method in ("rlpd", "calql_finetune"))
+        assert ("pretrain" in stage.inputs) == (method != "rlpd")
 
 
 def test_a_stage_that_runs_reruns_what_reads_its_output(tmp_path):
