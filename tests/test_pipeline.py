@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from franka_rl.cli import main
-from franka_rl.pipeline import PipelineError, load_profile, nearest_checkpoints
+from franka_rl.pipeline import STOP_GRACE_S, PipelineError, load_profile, nearest_checkpoints
 
 TINY_PROFILE = """
 description: "tiny: tests"
@@ -149,7 +149,8 @@ def test_ctrl_c_leaves_no_process_and_no_marker(finished_run, profile):
         assert new_episodes(), "the actor never finished an episode"
         assert len(children_of_run(out)) >= 2  # learner and actor run
         pipeline.send_signal(signal.SIGINT)
-        assert pipeline.wait(timeout=120) == 130
+        # worst case: each child's grace (actor, then learner) before it is killed, plus the pipeline's exit
+        assert pipeline.wait(timeout=2 * STOP_GRACE_S + 60) == 130
     finally:
         if pipeline.poll() is None:
             pipeline.kill()
