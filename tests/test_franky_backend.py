@@ -4,6 +4,7 @@ libfranka protocol on 127.0.0.1, driven through `FrankaEnv` where the env is inv
 from __future__ import annotations
 
 import _thread
+import signal
 import threading
 import time
 from dataclasses import replace
@@ -188,7 +189,16 @@ def test_blocking_move_that_overruns_its_timeout_stops_the_arm(robot):
     assert_arm_at_rest(robot)
 
 
-def test_ctrl_c_during_a_move_leaves_the_arm_stopped(peer):
+@pytest.fixture
+def python_ctrl_c():
+    """A shell's background job starts with SIGINT ignored, and interrupt_main() then does nothing:
+    install Python's own Ctrl-C handler, as an interactive run has, for the test's duration."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_during_a_move_leaves_the_arm_stopped(peer, python_ctrl_c):
     # Slow dynamics, so the interrupt lands well inside the move whatever the machine's load.
     robot = FrankyRobot(real_config(peer, relative_dynamics_factor=0.1), SafetyBox.from_task(TASK),
                         impedance=ENV_CFG.compliant)

@@ -126,7 +126,10 @@ def test_ctrl_c_leaves_no_process_and_no_marker(finished_run, profile):
     pipeline = subprocess.Popen(
         [sys.executable, "-m", "franka_rl", "pipeline", "--profile", str(profile), "--out", str(out), "--quiet",
          "--force", "online", "--stages", "online", "--set", "online_steps=1000000"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        # a shell's background job (a CI runner, nohup) starts with SIGINT ignored, which the child
+        # would inherit; give it the default, as a terminal has
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         episodes = out / "online" / "episodes"
