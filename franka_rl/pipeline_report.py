@@ -61,15 +61,36 @@ def training_episode_curve(episodes_dir: Path, window: int = 20) -> tuple[np.nda
     return steps, moving
 
 
-def plot_success(runs: Sequence[dict], marks: Sequence[int], path: Path) -> Path:
-    """Evaluation success (20 spread starts) at each mark, and the actors' moving training-episode
-    success as thin lines, against online env steps."""
+def _success_figure():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    return plt.subplots(figsize=(7, 4.2))
+
+
+def _save_success_figure(fig, ax, path: Path, *, xlabel: str, title: str, legend_size: int) -> Path:
+    """The success plots' shared axes (success rate, 0 to 1), legend, title and file."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("success rate (evaluation)")
+    ax.set_ylim(-0.03, 1.03)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=legend_size, loc="best")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_success(runs: Sequence[dict], marks: Sequence[int], path: Path) -> Path:
+    """Evaluation success (20 spread starts) at each mark, and the actors' moving training-episode
+    success as thin lines, against online env steps."""
+    fig, ax = _success_figure()
     colours = {}
     for run in runs:
         method = run["method"]
@@ -84,28 +105,14 @@ def plot_success(runs: Sequence[dict], marks: Sequence[int], path: Path) -> Path
         if len(steps):
             ax.plot(steps, moving, "-", color=colour, alpha=0.35, linewidth=1,
                     label=f"{label_seed}: training episodes (moving 20)")
-    ax.set_xlabel("online env steps")
-    ax.set_ylabel("success rate")
-    ax.set_ylim(-0.03, 1.03)
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, loc="best")
-    ax.set_title("success vs online steps")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_success_figure(fig, ax, path, xlabel="online env steps", title="success vs online steps",
+                                legend_size=7)
 
 
 def plot_compare(runs: Sequence[dict], marks: Sequence[int], path: Path) -> Path:
     """Per method: mean evaluation success over seeds at each mark, the band spanning the seeds'
     lowest to highest."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = _success_figure()
     for index, method in enumerate(dict.fromkeys(r["method"] for r in runs)):
         xs, means, lows, highs = [], [], [], []
         for mark in marks:
@@ -120,17 +127,8 @@ def plot_compare(runs: Sequence[dict], marks: Sequence[int], path: Path) -> Path
         seeds = sum(r["method"] == method for r in runs)
         ax.plot(xs, means, "o-", color=f"C{index}", label=f"{method} (mean of {seeds} seeds)")
         ax.fill_between(xs, lows, highs, color=f"C{index}", alpha=0.15, linewidth=0)
-    ax.set_xlabel("online env steps (mark)")
-    ax.set_ylabel("success rate, 20 spread starts")
-    ax.set_ylim(-0.03, 1.03)
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8, loc="best")
-    ax.set_title("methods compared: mean and range over seeds")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_success_figure(fig, ax, path, xlabel="online env steps (mark)",
+                                title="methods compared: mean and range over seeds", legend_size=8)
 
 
 def copy_videos(out: Path, runs: Sequence[dict], marks: Sequence[int], report: Path) -> list[str]:

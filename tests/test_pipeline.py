@@ -290,3 +290,8 @@ def test_demo_expert_preview_writes_video_and_sheet(tmp_path):
     summary = json.loads((preview / "summary.json").read_text())
     assert summary["episodes"] == 1 and summary["successes"] == 1
     assert (preview / "wrist_cameras.mp4").stat().st_size > 0 and (preview / "contact_sheet.png").stat().st_size > 0
+
+
+def test_demo_refuses_preview_options_without_the_preview(tmp_path, capsys):
+    assert main(["demo", "--episodes", "3", "--out", str(tmp_path / "demo")]) != 0
+    assert "--episodes" in capsys.readouterr().err and not (tmp_path / "demo").exists()

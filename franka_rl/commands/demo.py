@@ -44,17 +44,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     preview.add_argument("--expert-preview", action="store_true",
                          help="only run the scripted expert and write <out>/preview/: wrist-camera video, "
                               "contact sheet, summary.json")
-    preview.add_argument("--episodes", type=int, default=10, help="preview episodes (default 10)")
-    preview.add_argument("--video-episodes", type=int, default=2,
+    preview.add_argument("--episodes", type=int, default=None, help="preview episodes (default 10)")
+    preview.add_argument("--video-episodes", type=int, default=None,
                          help="preview episodes recorded into the video (default 2)")
-    preview.add_argument("--noise", type=float, default=0.0,
-                         help="preview expert's action noise (std, in action units)")
+    preview.add_argument("--noise", type=float, default=None,
+                         help="preview expert's action noise (std, in action units; default 0)")
     parser.set_defaults(handler=run)
 
 
+PREVIEW_DEFAULTS = {"episodes": 10, "video_episodes": 2, "noise": 0.0}
+
+
 def run(args: argparse.Namespace) -> int:
+    given = [name for name in PREVIEW_DEFAULTS if getattr(args, name) is not None]
     if args.expert_preview:
+        for name, default in PREVIEW_DEFAULTS.items():
+            if getattr(args, name) is None:
+                setattr(args, name, default)
         return run_expert_preview(args)
+    if given:
+        options = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise UserError(f"{options} set(s) the expert preview: add --expert-preview, or leave it out to run the recipe")
     return pipeline_command.run(args)
 
 
