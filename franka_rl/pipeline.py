@@ -325,6 +325,7 @@ class Children:
     def stop_all(self, grace_s: float = STOP_GRACE_S) -> None:
         for process in reversed(self.processes):  # the actor before the learner
             self.stop(process, grace_s)
+            self.drain(process)  # its last words (shutdown, final checkpoint) reach its log
         self.processes.clear()
 
     @staticmethod
@@ -450,17 +451,22 @@ class Runner:
             for command in stage.commands:
                 log.write(f"\n$ {shell_line(command)}\n".encode())
                 log.flush()
-            if stage.online_steps:
-                details.update(self._run_online(stage, log, log_path))
-            else:
-                for command in stage.commands:
-                    self.say(f"[{stage.name}] {shell_line(command)}")
-                    process = self.children.start(command, log, self.echo)
-                    code = process.wait()
-                    self.children.drain(process)
-                    self.children.processes.remove(process)
-                    if code != 0:
-                        self._fail(stage, log_path, f"exit code {code}")
+            try:
+                if stage.online_steps:
+                    details.update(self._run_online(stage, log, log_path))
+                else:
+                    for command in stage.commands:
+                        self.say(f"[{stage.name}] {shell_line(command)}")
+                        process = self.children.start(command, log, self.echo)
+                        code = process.wait()
+                        self.children.drain(process)
+                        self.children.processes.remove(process)
+                        if code != 0:
+                            self._fail(stage, log_path, f"exit code {code}")
+            except BaseException:
+                # Ctrl-C, SIGTERM or a failure: the children stop while their log files are open.
+                self.children.stop_all()
+                raise
         wall = time.monotonic() - started
         lines = [shell_line(c) for c in stage.commands]
         (marker.parent / (DONE_FILE + ".tmp")).write_text(json.dumps(
@@ -489,23 +495,26 @@ class Runner:
             actor_log.write(f"\n$ {shell_line(actor_cmd)}\n".encode())
             learner = self.children.start(learner_cmd, log, None)
             actor = self.children.start(actor_cmd, actor_log, None)
-            steps = episodes = successes = 0
-            last_print = 0.0
-            while steps < stage.online_steps:
-                for name, process, path in (("learner", learner, log_path),
-                                            ("actor", actor, self.logs / f"{stage.name}.actor.log")):
-                    if process.poll() is not None:
-                        self.children.stop_all()
-                        raise PipelineError(
-                            f"stage '{stage.name}' failed (the {name} exited with code {process.returncode} "
-                            f"before {stage.online_steps} online steps); log: {path}; rerun the stage: "
-                            f"franka-rl pipeline --out {self.out} --stages {stage.name} [your other options]")
-                time.sleep(1.0)
-                steps, episodes, successes = count_online_steps(stage.episodes_dir)
-                if time.monotonic() - last_print >= 10.0:
-                    self.say(f"[{stage.name}] online steps {steps}/{stage.online_steps}, episodes {episodes}, "
-                             f"training-episode successes {successes}")
-                    last_print = time.monotonic()
+            try:
+                steps = episodes = successes = 0
+                last_print = 0.0
+                while steps < stage.online_steps:
+                    for name, process, path in (("learner", learner, log_path),
+                                                ("actor", actor, self.logs / f"{stage.name}.actor.log")):
+                        if process.poll() is not None:
+                            raise PipelineError(
+                                f"stage '{stage.name}' failed (the {name} exited with code {process.returncode} "
+                                f"before {stage.online_steps} online steps); log: {path}; rerun the stage: "
+                                f"franka-rl pipeline --out {self.out} --stages {stage.name} [your other options]")
+                    time.sleep(1.0)
+                    steps, episodes, successes = count_online_steps(stage.episodes_dir)
+                    if time.monotonic() - last_print >= 10.0:
+                        self.say(f"[{stage.name}] online steps {steps}/{stage.online_steps}, episodes {episodes}, "
+                                 f"training-episode successes {successes}")
+                        last_print = time.monotonic()
+            except BaseException:
+                self.children.stop_all()  # before the actor's log file closes
+                raise
             actor_code = self.children.stop(actor)
             learner_code = self.children.stop(learner)
             self.children.processes.clear()

@@ -159,6 +159,11 @@ def test_ctrl_c_leaves_no_process_and_no_marker(finished_run, profile):
             pipeline.kill()
     assert not children_of_run(out)
     assert not (out / "online" / "DONE.json").exists()
+    # the children stopped before their logs closed: their last lines are there, no write error
+    output = pipeline.stdout.read().decode()
+    assert "Traceback" not in output, output
+    assert "learner stopped after" in (out / "logs" / "online.log").read_text()
+    assert "actor-0 stopped:" in (out / "logs" / "online.actor.log").read_text()
 
 
 def test_failing_stage_names_its_log_in_one_line(tmp_path, profile, capsys):
