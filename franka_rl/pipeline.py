@@ -576,8 +576,7 @@ def run_pipeline(plan: PipelinePlan, *, methods: Sequence[str] = ("wsrl",), seed
                 runs.append({"method": method, "seed": seed, "online": f"online{suffix}",
                              "eval": f"eval_online{suffix}", "online_dir": str(online_dir),
                              "eval_dir": str(evaluation.directory)})
-    except PipelineError:
-        runner.children.stop_all()
+    except PipelineError:  # Runner.run has stopped the stage's children already
         write_report(plan, runner.results, runs, compare=compare)  # what finished so far
         raise
     finally:
