@@ -26,13 +26,14 @@ from flax import serialization
 
 from agent.config import AgentConfig
 from agent.core import Agent
+from robot_env.errors import UserError
 
 _log = logging.getLogger(__name__)
 
 _ARCHITECTURE_SECTIONS = ("network", "encoder")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be read (missing, corrupt)."""
 
 
@@ -40,16 +41,6 @@ class CheckpointMismatchError(CheckpointError):
     """A checkpoint whose parameters do not fit the agent being restored."""
 
 
-def _register_user_errors() -> None:
-    # Lazily: the CLI package imports this module's users, not the other way round.
-    try:
-        from franka_rl.cli import register_user_error
-    except ImportError:  # the agent package works without the CLI
-        return
-    register_user_error(CheckpointError)
-
-
-_register_user_errors()
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from robot_env.errors import UserError
+
 _ACTIVATIONS = ("tanh", "relu", "gelu", "swish", "elu")
 _BACKBONES = ("resnet10", "resnet18", "resnet34")
 
@@ -143,7 +145,7 @@ class AgentConfig:
     online: OnlineConfig = field(default_factory=OnlineConfig)
 
 
-class AgentConfigError(ValueError):
+class AgentConfigError(UserError, ValueError):
     """An agent setting that cannot work; the message names the key."""
 
 

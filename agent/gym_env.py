@@ -18,8 +18,10 @@ from collections.abc import Mapping
 import gymnasium as gym
 import numpy as np
 
+from robot_env.errors import UserError
 
-class GymEnvError(ValueError):
+
+class GymEnvError(UserError, ValueError):
     """An env id or env that train-gym cannot use; the message says what to do."""
 
 

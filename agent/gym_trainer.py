@@ -42,6 +42,7 @@ from agent.metrics import MetricsWriter, read_metrics
 from agent.sac import learner_step, update
 from agent.sampling import sample_batches
 from agent.wsrl import policy_drift, updates_allowed, wsrl_switch
+from robot_env.errors import UserError
 
 ALGOS = ("sac", "redq", "calql", "cql")
 
@@ -66,7 +67,7 @@ ALGO_OVERRIDES: dict[str, tuple[str, ...]] = {
 }
 
 
-class TrainGymError(ValueError):
+class TrainGymError(UserError, ValueError):
     """A train-gym run that cannot start as asked; the message says what to change."""
 
 

@@ -41,25 +41,17 @@ from agent.sac import learner_step
 from agent.sampling import sample_batches
 from agent.transport.server import Delivery, LearnerServer, Watermarks
 from agent.wsrl import policy_drift, start_online_from_checkpoint, updates_allowed, wsrl_switch
+from robot_env.errors import UserError
 
 log = logging.getLogger("agent.learner")
 
 BOOKKEEPING_FORMAT = "franka_rl.learner"
 
 
-class LearnerError(RuntimeError):
+class LearnerError(UserError, RuntimeError):
     """A learner problem the user must act on (diverged training, unusable data)."""
 
 
-def _register_user_errors() -> None:
-    try:
-        from franka_rl.cli import register_user_error
-    except ImportError:
-        return
-    register_user_error(LearnerError)
-
-
-_register_user_errors()
 
 
 # ------------------------------------------------------------------------------------ spaces

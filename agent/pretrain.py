@@ -32,16 +32,17 @@ from agent.data.replay_buffer import ReplayBuffer
 from agent.metrics import MetricsWriter
 from agent.offline_config import PretrainConfig
 from agent.sac import learner_step, stack_batches
+from robot_env.errors import UserError
 
 MINARI_PREFIX = "minari:"
 PICKLE_SUFFIXES = (".pkl", ".pickle")
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """Offline data that cannot be used (missing, unreadable, inconsistent); says what to do."""
 
 
-class PretrainError(ValueError):
+class PretrainError(UserError, ValueError):
     """A pre-training setting that cannot work; names the key."""
 
 

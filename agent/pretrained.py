@@ -20,25 +20,17 @@ import jax
 import numpy as np
 
 from agent.vision import STAGE_SIZES
+from robot_env.errors import UserError
 
 _log = logging.getLogger(__name__)
 
 BN_EPS = 1e-5  # torchvision's BatchNorm2d default
 
 
-class PretrainedWeightsError(RuntimeError):
+class PretrainedWeightsError(UserError, RuntimeError):
     """Missing, unreadable or incompatible pretrained weights; the message says what to do."""
 
 
-def _register_user_errors() -> None:
-    try:
-        from franka_rl.cli import register_user_error
-    except ImportError:
-        return
-    register_user_error(PretrainedWeightsError)
-
-
-_register_user_errors()
 
 _WHERE = {
     "resnet10": "SERL's resnet10_params.pkl (github.com/rail-berkeley/serl, release 'resnet10')",

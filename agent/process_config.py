@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from robot_env.errors import UserError
+
 ON_LEARNER_LOSS = ("continue", "finish_episode")
 
 
@@ -88,7 +90,7 @@ class LearnerConfig:
     status_interval_s: float = 1.0
 
 
-class ProcessConfigError(ValueError):
+class ProcessConfigError(UserError, ValueError):
     """A transport, actor or learner setting that cannot work; the message names the key."""
 
 

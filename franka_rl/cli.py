@@ -2,8 +2,8 @@
 
 Each module in `franka_rl.commands` registers its subcommands with `register(subparsers)` and
 imports its heavy dependencies (JAX, MuJoCo) only inside its handler, so `franka-rl --help` is fast.
-Errors a user can cause are raised as `UserError` (or a subclass such as `ConfigError`) and printed
-as one line, without a traceback.
+Errors a user can cause subclass `robot_env.errors.UserError` (the ground floor every package may
+import); `main` prints them as one line, without a traceback.
 """
 
 from __future__ import annotations
@@ -14,20 +14,9 @@ import pkgutil
 import sys
 
 from franka_rl import commands
-from franka_rl.config import ConfigError
+from robot_env.errors import UserError
 
-
-class UserError(RuntimeError):
-    """An error the user can fix; printed as one line with what to do."""
-
-
-#: Errors printed without a traceback. Packages add theirs with `register_user_error`.
-_USER_ERRORS: list[type[BaseException]] = [UserError, ConfigError]
-
-
-def register_user_error(exc_type: type[BaseException]) -> None:
-    if exc_type not in _USER_ERRORS:
-        _USER_ERRORS.append(exc_type)
+__all__ = ["UserError", "add_config_arguments", "build_parser", "main"]
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
-    except tuple(_USER_ERRORS) as exc:
+    except UserError as exc:
         print(f"franka-rl {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return int(result or 0)

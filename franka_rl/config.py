@@ -21,6 +21,7 @@ from agent.offline_config import EvalConfig, PretrainConfig
 from agent.process_config import ActorConfig, LearnerConfig, TransportConfig
 from reward_classifier.config import ClassifierConfig
 from robot_env.config import EnvConfig, TaskConfig
+from robot_env.errors import ConfigError
 from robot_env.real_config import RealConfig
 from sim.config import SimConfig
 from teleop.config import RecordConfig, TeleopConfig
@@ -54,10 +55,6 @@ class Config:
     actor: ActorConfig = field(default_factory=ActorConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
-
-
-class ConfigError(ValueError):
-    """A config file or override that does not fit the schema."""
 
 
 _VALID_MODES = ("sim", "real")

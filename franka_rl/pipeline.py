@@ -28,6 +28,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from franka_rl.config import CONFIG_DIR
+from robot_env.errors import UserError
 
 PROFILE_DIR = CONFIG_DIR / "pipeline"
 DONE_FILE = "DONE.json"
@@ -75,7 +76,7 @@ class PipelineProfile:
     stage_overrides: dict[str, list[str]] = field(default_factory=dict)
 
 
-class PipelineError(RuntimeError):
+class PipelineError(UserError, RuntimeError):
     """A stage failed or the inputs are wrong; the message is one line with what to do."""
 
 

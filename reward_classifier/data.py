@@ -16,9 +16,10 @@ import numpy as np
 
 from agent.data.episodes import CorruptEpisodeError, Episode, EpisodeStore, load_episode
 from agent.data.reward_frames import LABEL_KEY
+from robot_env.errors import UserError
 
 
-class ClassifierDataError(ValueError):
+class ClassifierDataError(UserError, ValueError):
     """Reward data that cannot be used as asked (missing cameras, no labels of one kind, ...)."""
 
 

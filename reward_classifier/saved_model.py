@@ -22,25 +22,17 @@ import numpy as np
 from flax import serialization
 
 from reward_classifier.model import init_backbone, init_head, make_head, make_probability_fn
+from robot_env.errors import UserError
 
 FORMAT_VERSION = 1
 PARAMS_FILE = "classifier.msgpack"
 META_FILE = "classifier.json"
 
 
-class ClassifierLoadError(RuntimeError):
+class ClassifierLoadError(UserError, RuntimeError):
     """A classifier directory that is missing, corrupt, or made for other cameras."""
 
 
-def _register_user_errors() -> None:
-    try:
-        from franka_rl.cli import register_user_error
-    except ImportError:
-        return
-    register_user_error(ClassifierLoadError)
-
-
-_register_user_errors()
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

@@ -36,6 +36,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from robot_env.config import EnvConfig
+from robot_env.errors import UserError
 from robot_env.interfaces import ImpedanceParams, RobotError, RobotState
 from robot_env.real_config import RealConfig
 from robot_env.safety import SafetyBox
@@ -51,7 +52,7 @@ class RobotConnectionError(RobotError):
     """The arm or its hand cannot be reached, or refuses the connection."""
 
 
-class RealConfigError(ValueError):
+class RealConfigError(UserError, ValueError):
     """A `real.*` config value the backend cannot use."""
 
 

@@ -18,6 +18,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from robot_env.errors import UserError
+
 
 @dataclass(frozen=True)
 class RobotState:
@@ -51,7 +53,7 @@ class ImpedanceParams:
     max_reference_offset_rad: float = 0.15
 
 
-class RobotError(RuntimeError):
+class RobotError(UserError, RuntimeError):
     """A recoverable robot fault (reflex, communication, limit). Call `Robot.recover()`."""
 
 
@@ -93,7 +95,7 @@ class Camera(Protocol):
     def close(self) -> None: ...
 
 
-class CameraError(RuntimeError):
+class CameraError(UserError, RuntimeError):
     """A camera is stale, gone or misconfigured."""
 
 

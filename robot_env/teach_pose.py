@@ -22,6 +22,7 @@ from typing import TextIO
 import numpy as np
 import yaml
 
+from robot_env.errors import UserError
 from robot_env.geometry import pos_quat_to_pose6
 from robot_env.interfaces import Robot
 
@@ -31,7 +32,7 @@ _POLL_S = 0.1
 _ABORT_WORDS = ("q", "quit", "abort")
 
 
-class TeachAborted(RuntimeError):
+class TeachAborted(UserError, RuntimeError):
     """The operator aborted, or the input ended before every pose was taught; nothing was written."""
 
 

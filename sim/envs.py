@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
 import robot_env
 from robot_env.config import EnvConfig, TaskConfig
+from robot_env.errors import ConfigError
 from robot_env.interfaces import RobotState
 from sim.camera import SimCamera, make_renderer
 from sim.config import SimConfig
@@ -19,18 +20,12 @@ from sim.robot import SimClock, SimRobot
 from sim.scene import OVERVIEW_CAMERA, WRIST_CAMERAS
 from sim.world import SimWorld
 
-if TYPE_CHECKING:
-    from franka_rl.config import Config
-
 OVERVIEW_SIZE = (240, 320)  # height, width of `render()` frames
 
 _SECTIONS = {"task": TaskConfig, "env": EnvConfig, "sim": SimConfig}
 
 
 def _config_error(message: str) -> Exception:
-    # franka_rl imports sim, so its error type is looked up only when needed.
-    from franka_rl.config import ConfigError
-
     return ConfigError(message)
 
 
@@ -111,7 +106,7 @@ def overview_render_fn(world: SimWorld):
 
 
 def make_env(
-    cfg: Config | None = None,
+    cfg: Any = None,
     *,
     task: TaskConfig | None = None,
     env: EnvConfig | None = None,
@@ -122,7 +117,7 @@ def make_env(
 ) -> gym.Env:
     """The twin's peg-insertion env, wrapped per config (`robot_env.make_env`).
 
-    Configs come from `cfg` (a `franka_rl.config.Config`), else from `task`/`env`/`sim`, else the
+    Configs come from `cfg` (anything with `.task`, `.env` and `.sim` sections), else from `task`/`env`/`sim`, else the
     defaults (which `configs/peg_insertion_sim.yaml` repeats). `overrides` set single values, as
     `**{"sim.hole_clearance": 0.002}` or, for a field only one section has, `hole_clearance=0.002`.
     `state_only=True` drops the cameras: no renderer is created (unless `render()` is used).
@@ -190,7 +185,7 @@ def make_env(
     )
 
 
-def make_state_env(cfg: Config | None = None, **kwargs: Any) -> gym.Env:
+def make_state_env(cfg: Any = None, **kwargs: Any) -> gym.Env:
     """`make_env(..., state_only=True)`: the entry point of `FrankaPegInsertionSimState-v0`."""
     return make_env(cfg, state_only=True, **kwargs)
 

@@ -14,6 +14,8 @@ import ctypes.util
 import os
 import sys
 
+from robot_env.errors import UserError
+
 INSTALL_HINT = (
     "install a headless OpenGL library: EGL (Debian/Ubuntu: `apt-get install libegl1 libgl1`, "
     "with an NVIDIA driver or Mesa) or OSMesa (`apt-get install libosmesa6`), and PyOpenGL "
@@ -23,7 +25,7 @@ INSTALL_HINT = (
 _EGL_DEFAULT_DISPLAY = 0
 
 
-class RenderingUnavailable(RuntimeError):
+class RenderingUnavailable(UserError, RuntimeError):
     """No headless OpenGL backend works on this machine."""
 
 

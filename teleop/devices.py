@@ -13,13 +13,14 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from robot_env.errors import UserError
 from teleop.config import TeleopConfig
 
 DEVICE_CHOICES = ("spacemouse", "keyboard", "scripted", "none")
 BUTTON_ROLES = ("gripper_close", "gripper_open", "success", "failure", "none")
 
 
-class DeviceError(RuntimeError):
+class DeviceError(UserError, RuntimeError):
     """A teleop device is missing, unreadable or misconfigured."""
 
 

@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from robot_env.errors import UserError
+
 FORMAT_VERSION = 1
 SOURCES = ("teleop", "policy", "warm-up", "eval", "imported")
 EPISODE_GLOB = "episode_*.npz"
@@ -41,7 +43,7 @@ _EPISODE_NAME = re.compile(r"^episode_(\d{6,})\.npz$")
 _TEMP_PREFIX = ".tmp-episode_"
 
 
-class CorruptEpisodeError(ValueError):
+class CorruptEpisodeError(UserError, ValueError):
     """An episode file that cannot be read or does not follow the format."""
 
     def __init__(self, path: str | os.PathLike, reason: str):

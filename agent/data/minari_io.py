@@ -18,11 +18,12 @@ import gymnasium as gym
 import numpy as np
 
 from agent.data.episodes import Episode, make_metadata
+from robot_env.errors import UserError
 
 METADATA_KEY = "franka_rl_metadata"
 
 
-class MinariError(ValueError):
+class MinariError(UserError, ValueError):
     """A Minari dataset that cannot be written or read."""
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from agent.data.episodes import Episode, make_metadata
 from agent.returns import split_episodes
+from robot_env.errors import UserError
 
 PICKLE_WARNING = (
     "SERL transition files are Python pickles: loading one runs any code inside it. "
@@ -27,7 +28,7 @@ PICKLE_WARNING = (
 )
 
 
-class SerlImportError(ValueError):
+class SerlImportError(UserError, ValueError):
     """A SERL file that does not hold transitions in the expected layout."""
 
 

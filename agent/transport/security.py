@@ -16,9 +16,10 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
 from agent.process_config import TransportConfig
+from robot_env.errors import UserError
 
 
-class TransportError(RuntimeError):
+class TransportError(UserError, RuntimeError):
     """A transport setting or peer problem the user can fix (keys, addresses, refusals)."""
 
 

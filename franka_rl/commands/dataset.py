@@ -6,13 +6,10 @@ import argparse
 import os
 from pathlib import Path
 
-from franka_rl.cli import UserError, register_user_error
+from franka_rl.cli import UserError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from agent.data.episodes import CorruptEpisodeError
-
-    register_user_error(CorruptEpisodeError)
     parser = subparsers.add_parser(
         "dataset",
         help="inspect an episode directory; import SERL pickles; import/export Minari datasets",

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from franka_rl.cli import UserError, add_config_arguments, register_user_error
+from franka_rl.cli import UserError, add_config_arguments
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -61,16 +61,13 @@ def build_env(cfg, render: bool):
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from agent.checkpoint import AgentCheckpointer, CheckpointError
-    from agent.config import AgentConfigError
+    from agent.checkpoint import AgentCheckpointer
     from agent.core import create_agent
     from agent.data.episodes import EpisodeStore, make_metadata
     from agent.evaluation import contact_sheet_rows, evaluate, policy_fn, spread_reset_offsets
     from franka_rl.config import config_hash, load_config
     from robot_env.media import contact_sheet, save_png, write_video
 
-    for error in (CheckpointError, AgentConfigError):
-        register_user_error(error)
     overrides = list(args.overrides)
     if args.episodes is not None:
         overrides.append(f"eval.episodes={args.episodes}")

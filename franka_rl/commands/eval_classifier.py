@@ -37,9 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from franka_rl.commands.train_classifier import register_classifier_errors
 
-    register_classifier_errors()
     from reward_classifier.data import load_labelled_frames
     from reward_classifier.report import write_report
     from reward_classifier.saved_model import check_cameras, load_classifier, read_metadata

@@ -54,22 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     keys.set_defaults(handler=run_keys)
 
 
-def register_process_errors() -> None:
-    """Errors of the online processes that print as one line (franka_rl.cli.UserError style)."""
-    from agent.config import AgentConfigError
-    from agent.learner import LearnerError
-    from agent.process_config import ProcessConfigError
-    from agent.transport.security import TransportError
-    from franka_rl.cli import register_user_error
-    from teleop.devices import DeviceError
-
-    for error in (AgentConfigError, LearnerError, ProcessConfigError, TransportError, DeviceError):
-        register_user_error(error)
-
 
 def start_online_process() -> None:
     """What the actor and the learner both set up first: one-line errors, and logs on stderr."""
-    register_process_errors()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     logging.getLogger("agent").setLevel(logging.INFO)  # joins, rejections, resends; not JAX/orbax chatter
@@ -94,7 +81,6 @@ def run(args: argparse.Namespace) -> int:
 def run_keys(args: argparse.Namespace) -> int:
     from agent.transport.security import generate_keys
 
-    register_process_errors()
     written = generate_keys(args.directory, list(args.actors))
     for name, path in written.items():
         print(f"{name}: {path}")

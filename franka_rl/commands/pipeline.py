@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from franka_rl.cli import register_user_error
-
 
 def _names(values: list[str] | None) -> list[str]:
     return [name for value in values or [] for name in value.split(",") if name]
@@ -75,7 +73,6 @@ def run(args: argparse.Namespace) -> int:
         run_pipeline,
     )
 
-    register_user_error(PipelineError)
     profile = load_profile(args.profile, [item for item in args.set])
     # Check the config and every override now, before hours of stages, with the same loader.
     cfg = load_config(args.config, [*profile.overrides, *args.overrides])

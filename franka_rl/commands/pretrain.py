@@ -6,7 +6,7 @@ import argparse
 import re
 from pathlib import Path
 
-from franka_rl.cli import UserError, add_config_arguments, register_user_error
+from franka_rl.cli import UserError, add_config_arguments
 
 _OVERRIDE = re.compile(r"^[A-Za-z_][\w]*(\.[\w]+)*=")
 
@@ -55,19 +55,13 @@ def split_data_and_overrides(items: list[str]) -> tuple[list[str], list[str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agent.checkpoint import CheckpointError
-    from agent.config import AgentConfigError
     from agent.pretrain import (
-        DatasetError,
-        PretrainError,
         load_offline_episodes,
         pretrain,
         validate_pretrain_config,
     )
     from franka_rl.config import config_hash, load_config
 
-    for error in (DatasetError, PretrainError, AgentConfigError, CheckpointError):
-        register_user_error(error)
     data, extra_overrides = split_data_and_overrides(args.data)
     if not data:
         raise UserError("--data needs at least one episode directory, episode file, *.pkl or minari:<id>")

@@ -5,13 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from franka_rl.cli import UserError, add_config_arguments, register_user_error
+from franka_rl.cli import UserError, add_config_arguments
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from teleop.devices import DeviceError
-
-    register_user_error(DeviceError)
     parser = subparsers.add_parser(
         "record-demos",
         help="record teleoperated demos until N successes (failures kept, labelled)",

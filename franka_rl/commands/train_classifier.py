@@ -39,15 +39,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
-def register_classifier_errors() -> None:
-    from franka_rl.cli import register_user_error
-    from reward_classifier.data import ClassifierDataError
-    from reward_classifier.saved_model import ClassifierLoadError
-
-    register_user_error(ClassifierDataError)
-    register_user_error(ClassifierLoadError)
-
-
 def check_config(cfg) -> None:
     from reward_classifier.config import POOLINGS
 
@@ -65,7 +56,6 @@ def check_config(cfg) -> None:
 def run(args: argparse.Namespace) -> int:
     from franka_rl.config import load_config
 
-    register_classifier_errors()
     cfg = load_config(args.config, list(args.overrides))
     check_config(cfg)
     out = Path(args.out or cfg.classifier.model_dir or Path(cfg.output_dir) / "classifier")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from franka_rl.cli import UserError, add_config_arguments, register_user_error
+from franka_rl.cli import UserError, add_config_arguments
 
 _GYM_DEFAULTS_HELP = (
     "train-gym applies these over the config file, before your KEY=VALUE overrides (the robot's "
@@ -67,14 +67,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agent.config import AgentConfigError
-    from agent.data.episodes import CorruptEpisodeError
-    from agent.gym_env import GymEnvError, make_gym_env
-    from agent.gym_trainer import GYM_DEFAULTS, GymRun, TrainGymError, algo_overrides, train_gym
+    from agent.gym_env import make_gym_env
+    from agent.gym_trainer import GYM_DEFAULTS, GymRun, algo_overrides, train_gym
     from franka_rl.config import load_config, to_yaml
 
-    for error in (GymEnvError, TrainGymError, AgentConfigError, CorruptEpisodeError):
-        register_user_error(error)
     for name in ("steps", "random_steps", "offline_steps", "checkpoint_every"):
         if getattr(args, name) < 0:
             raise UserError(f"--{name.replace('_', '-')} must be >= 0")
