@@ -16,12 +16,11 @@ truncated at the current step, writes it, and gives the learner `flush_timeout_s
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ import gymnasium as gym
 import jax
 import numpy as np
 
-from agent.core import Agent, act, create_agent
+from agent.core import Agent, act
 from agent.data.episodes import EpisodeRecorder, EpisodeStore, make_metadata
 from agent.param_sync import (
     acting_params_from_arrays,
@@ -38,12 +37,16 @@ from agent.param_sync import (
     backbone_digest,
     with_acting_params,
 )
-from agent.process_config import validate_process_config
+from agent.process_config import ActorConfig, TransportConfig, validate_process_config
 from agent.transport.client import ActorClient
 from agent.transport.protocol import TransitionChunk
 from agent.transport.security import TransportError
 
 log = logging.getLogger("agent.actor")
+
+# An actor that cannot reach its learner says so after this long, then this often (s).
+UNREACHABLE_FIRST_REPORT_S = 5.0
+UNREACHABLE_REPORT_EVERY_S = 30.0
 
 
 def observation_spec_of(env: gym.Env) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
@@ -90,68 +93,41 @@ class _StepBuffer:
         return chunk
 
 
-def build_env(cfg: Any) -> gym.Env:
-    """The env the actor drives: the twin or the arm, with interventions and the reward classifier
-    when configured (innermost first: env -> classifier reward -> interventions)."""
-    if cfg.mode == "sim":
-        import sim
-
-        env = sim.make_env(cfg)
-    else:
-        from robot_env.real import make_real_env
-
-        env = make_real_env(cfg)
-    try:
-        if cfg.classifier.enabled:
-            from reward_classifier import wrap_with_classifier
-
-            model_dir = cfg.classifier.model_dir or str(Path(cfg.output_dir) / "classifier")
-            env = wrap_with_classifier(env, cfg.classifier, model_dir)
-        if cfg.actor.intervention:
-            from teleop.devices import make_device
-            from teleop.intervention import InterventionWrapper
-
-            device = make_device(cfg.teleop, action_frame=cfg.env.action_frame, env=env, seed=cfg.seed)
-            env = InterventionWrapper(env, device, hold_over_steps=cfg.teleop.hold_over_steps)
-    except BaseException:
-        env.close()
-        raise
-    return env
-
-
 class Actor:
     """One actor process: env, agent, episode store, transport."""
 
-    def __init__(self, cfg: Any, env: gym.Env, *, endpoint: str | None = None,
+    def __init__(self, env: gym.Env, agent: Agent, actor_cfg: ActorConfig, transport_cfg: TransportConfig, *,
+                 config_hash: str, episodes_dir: str | Path, seed: int = 0,
+                 episode_metadata: Mapping[str, Any] | None = None, endpoint: str | None = None,
                  report: Callable[[str], None] = print, clock: Callable[[], float] = time.monotonic):
-        from franka_rl.config import config_hash
-
-        validate_process_config(cfg.transport, actor=cfg.actor)
-        self.cfg = cfg
+        """`agent`: a template of the learner's agent (same config); its acting parameters are
+        replaced by the learner's. `episode_metadata` (task, mode, control rate, cameras) goes into
+        every episode file with the source, seed and parameter version."""
+        validate_process_config(transport_cfg, actor=actor_cfg)
+        self.acfg, self.transport_cfg = actor_cfg, transport_cfg
         self.env = env
         self.report = report
         self.clock = clock
-        acfg = cfg.actor
-        self.config_hash = config_hash(cfg)
-        directory = acfg.episodes_dir or Path(cfg.output_dir) / "actors" / acfg.actor_id / "episodes"
-        self.store = EpisodeStore(directory, create=True)
+        self.seed = int(seed)
+        self.config_hash = config_hash
+        self.episode_metadata = dict(episode_metadata or {})
+        self.store = EpisodeStore(episodes_dir, create=True)
         spec = observation_spec_of(env)
-        example = {k: np.zeros(shape, dtype) for k, (shape, dtype) in spec.items()}
-        action_dim = int(np.prod(env.action_space.shape))
-        self.agent: Agent = create_agent(cfg.agent, example, action_dim, seed=cfg.seed)
+        self.agent: Agent = agent
         self._template = self.agent
+        action_dim = int(np.prod(env.action_space.shape))
         self.client = ActorClient(
-            cfg.transport, actor_id=acfg.actor_id, config_hash=self.config_hash, observation_spec=spec,
+            transport_cfg, actor_id=actor_cfg.actor_id, config_hash=self.config_hash, observation_spec=spec,
             action_dim=action_dim, backbone_digest=backbone_digest(self.agent),
             decode_params=lambda version, arrays: acting_params_from_arrays(self._template, arrays),
             on_backbone=self._take_backbone, endpoint=endpoint)
         self.params_version = -1
-        self.stats = ActorStats(successes=deque(maxlen=acfg.stats_window),
-                                interventions=deque(maxlen=acfg.stats_window))
+        self.stats = ActorStats(successes=deque(maxlen=actor_cfg.stats_window),
+                                interventions=deque(maxlen=actor_cfg.stats_window))
         self._stop = threading.Event()
-        # Actors of one run share cfg.seed; their ids keep their resets and action noise apart.
-        self._actor_seed = zlib.crc32(acfg.actor_id.encode())
-        self._key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), self._actor_seed)
+        # Actors of one run share a seed; their ids keep their resets and action noise apart.
+        self._actor_seed = zlib.crc32(actor_cfg.actor_id.encode())
+        self._key = jax.random.fold_in(jax.random.PRNGKey(self.seed), self._actor_seed)
         self._first_episode = len(self.store)
 
     # ------------------------------------------------------------------ parameters
@@ -173,20 +149,38 @@ class Actor:
 
     def _check_refused(self) -> None:
         if self.client.state == "refused":
-            raise TransportError(f"the learner at {self.client.endpoint} refused actor '{self.cfg.actor.actor_id}': "
+            raise TransportError(f"the learner at {self.client.endpoint} refused actor '{self.acfg.actor_id}': "
                                  f"{self.client.refusal}")
 
     def _wait(self, condition: Callable[[], bool], why: str, status: Any, timeout: float = 0.0) -> bool:
-        """Wait (the arm holds its pose) until `condition`, a stop, or `timeout` s (0: none)."""
+        """Wait (the arm holds its pose: no step is taken) until `condition`, a stop, or `timeout` s
+        (0: none). While the learner does not answer, say so in words, soon and then periodically."""
         start = self.clock()
+        next_report = start + UNREACHABLE_FIRST_REPORT_S
         while not condition():
             self._check_refused()
-            if self._stop.is_set() or (timeout and self.clock() - start > timeout):
+            now = self.clock()
+            if self._stop.is_set() or (timeout and now - start > timeout):
                 return False
+            if self.client.state != "up" and now >= next_report:
+                self.report(self.unreachable_text(now - start))
+                next_report = now + UNREACHABLE_REPORT_EVERY_S
             if status is not None:
-                status.update(f"actor {self.cfg.actor.actor_id} | waiting: {why} | {self._link_text()}")
+                status.update(f"actor {self.acfg.actor_id} | waiting: {why} | {self._link_text()}")
             time.sleep(0.02)
         return True
+
+    def unreachable_text(self, waited_s: float) -> str:
+        endpoint = self.client.endpoint
+        curve = ("both sides use certificates from one `franka-rl transport-keys` run (this actor's "
+                 "transport.curve_client_secret_file and the learner's public key; the learner admits this "
+                 "actor's public key)" if self.transport_cfg.curve else
+                 "transport.curve is the same on both sides (off here)")
+        return (f"actor '{self.acfg.actor_id}': no answer from the learner at {endpoint} for {waited_s:.0f} s; "
+                f"the arm holds its pose meanwhile. Check: `franka-rl learner` is running and says it listens on "
+                f"port {self.transport_cfg.port}; on the learner host transport.bind_host is an address this host "
+                f"can reach (its LAN address or '*', not 127.0.0.1); here transport.host/port name that host; a "
+                f"firewall lets TCP {self.transport_cfg.port} through; {curve}")
 
     # ------------------------------------------------------------------ status
 
@@ -196,14 +190,14 @@ class Actor:
 
     def status_text(self, episode_steps: int, hz: float) -> str:
         s = self.stats
-        return (f"actor {self.cfg.actor.actor_id} | episode {s.episodes + 1} step {episode_steps} | "
+        return (f"actor {self.acfg.actor_id} | episode {s.episodes + 1} step {episode_steps} | "
                 f"success {s.moving(s.successes)} | interventions {s.moving(s.interventions)} | {hz:5.1f} Hz | "
                 f"{self._link_text()}")
 
     # ------------------------------------------------------------------ the loop
 
     def _must_wait(self) -> str:
-        acfg = self.cfg.actor
+        acfg = self.acfg
         if self.client.unacked_transitions >= acfg.max_unacked_transitions:
             return f"{self.client.unacked_transitions} steps not yet in a learner checkpoint"
         if acfg.on_learner_loss == "finish_episode" and self.client.state != "up":
@@ -213,7 +207,7 @@ class Actor:
     def run(self, status: Any = None) -> ActorStats:
         from teleop.recording import RateMeter
 
-        acfg = self.cfg.actor
+        acfg = self.acfg
         self.client.start()
         try:
             self.report(f"actor '{acfg.actor_id}' connecting to {self.client.endpoint}; episodes go to "
@@ -248,16 +242,15 @@ class Actor:
         return self.stats
 
     def _episode(self, rate: Any, status: Any) -> None:
-        acfg = self.cfg.actor
+        acfg = self.acfg
         index = self._first_episode + self.stats.episodes
         source = "warm-up" if self.client.learner_warmup else "policy"
-        seed = int(np.random.SeedSequence([self.cfg.seed, self._actor_seed, index]).generate_state(1)[0])
+        seed = int(np.random.SeedSequence([self.seed, self._actor_seed, index]).generate_state(1)[0])
         observation, _ = self.env.reset(seed=seed)
         recorder = EpisodeRecorder(self.store)
         recorder.start(observation, make_metadata(
-            task=self.cfg.task.name, source=source, config_hash=self.config_hash, seed=seed,
-            mode=self.cfg.mode, actor_id=acfg.actor_id, params_version=self.params_version,
-            control_hz=self.cfg.env.control_hz, cameras=list(self.cfg.env.cameras)))
+            **self.episode_metadata, source=source, config_hash=self.config_hash, seed=seed,
+            actor_id=acfg.actor_id, params_version=self.params_version))
         pending = _StepBuffer(index, {k: np.asarray(v) for k, v in observation.items()}, source)
         interventions = 0
         done = False
@@ -291,16 +284,4 @@ class Actor:
                           f"success {self.stats.moving(self.stats.successes)} | {self._link_text()}", force=True)
 
 
-def install_stop_handlers(actor: Actor) -> None:
-    """SIGTERM and the first Ctrl-C end the episode at the current step (truncated) and stop; a
-    second Ctrl-C aborts at once."""
-
-    def on_signal(signum, frame):
-        actor.request_stop()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-
-
-__all__ = ["Actor", "ActorStats", "build_env", "install_stop_handlers", "observation_spec_of"]
+__all__ = ["Actor", "ActorStats", "observation_spec_of"]

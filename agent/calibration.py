@@ -24,7 +24,7 @@ import numpy as np
 
 from agent.core import Agent, encode, policy
 from agent.data.episodes import Episode
-from agent.returns import mc_returns, shape_rewards, sparse_failure_return
+from agent.returns import RewardShaping
 
 Curves = list[np.ndarray]
 
@@ -54,12 +54,11 @@ def _agent_observations(agent: Agent, episode: Episode) -> dict[str, np.ndarray]
 
 
 def episode_returns(agent: Agent, episode: Episode, sparse: bool = True) -> np.ndarray:
-    """G_t of every step on the agent's shaped reward (sparse failures: r'_neg / (1 - γ))."""
+    """G_t of every step on the agent's shaped reward, from the episode's rewards (sparse failures:
+    r'_neg / (1 - γ)), exactly as the replay buffers compute it."""
     spec = agent.spec
-    shaped = shape_rewards(episode.rewards, spec.reward_scale, spec.reward_bias)
-    failed = sparse and not episode.success
-    failure = sparse_failure_return(spec.reward_scale, spec.reward_bias, spec.discount) if failed else None
-    return mc_returns(shaped, episode.terminated, spec.discount, failure)
+    shaping = RewardShaping(scale=spec.reward_scale, bias=spec.reward_bias, discount=spec.discount, sparse=sparse)
+    return shaping.episode_returns(episode.rewards, episode.terminated)
 
 
 def episode_calibration(agent: Agent, episode: Episode, sparse: bool = True, actions: str = "policy",

@@ -2,7 +2,7 @@
 online fine-tuning (WSRL, or RLPD-style mixing) — the same agent and update as on the robot.
 
     run = GymRun(env_id="Pendulum-v1", algo="sac", env_steps=20_000, run_dir=Path("runs/pendulum"))
-    summary = train_gym(run, cfg.agent, seed=0)
+    summary = train_gym(run, cfg.agent, buffer_factory(cfg.agent), seed=0)
 
 Phases:
 1. offline (only with `offline_data` and `offline_steps` > 0): `offline_steps` single updates
@@ -36,7 +36,7 @@ from agent.checkpoint import AgentCheckpointer
 from agent.config import AgentConfig
 from agent.core import Agent, create_agent, eval_actions, sample_actions
 from agent.data.episodes import Episode, EpisodeStore
-from agent.data.replay_buffer import ReplayBuffer
+from agent.data.replay_buffer import BufferFactory, ReplayBuffer
 from agent.gym_env import agent_observations, make_gym_env, normalize_actions, source_spaces
 from agent.metrics import MetricsWriter, read_metrics
 from agent.sac import learner_step, update
@@ -155,11 +155,10 @@ def reward_kind_warning(rewards: np.ndarray, sparse: bool) -> str | None:
     return None
 
 
-def _buffer(cfg: AgentConfig, observation_space: gym.spaces.Dict, action_dim: int, capacity: int) -> ReplayBuffer:
+def _buffer(new_buffer: BufferFactory, observation_space: gym.spaces.Dict, action_dim: int,
+            capacity: int) -> ReplayBuffer:
     spec = {k: (s.shape, s.dtype) for k, s in observation_space.spaces.items()}
-    # MC returns must be computed on exactly the reward and discount the critic trains on.
-    return ReplayBuffer(spec, action_dim, capacity, reward_scale=cfg.reward.scale, reward_bias=cfg.reward.bias,
-                        discount=cfg.sac.discount, sparse_reward=cfg.reward.sparse)
+    return new_buffer(spec, action_dim, capacity)
 
 
 # ------------------------------------------------------------------------------------------ acting
@@ -223,7 +222,8 @@ class _Progress:
             self._bar.close()
 
 
-def train_gym(run: GymRun, cfg: AgentConfig, seed: int = 0, log: Callable[[str], None] = print) -> dict:
+def train_gym(run: GymRun, cfg: AgentConfig, new_buffer: BufferFactory, seed: int = 0,
+              log: Callable[[str], None] = print) -> dict:
     """Run the phases of the module docstring; returns the summary also written to summary.json."""
     if run.algo not in ALGOS:
         raise TrainGymError(f"--algo must be one of {ALGOS}, got '{run.algo}'")
@@ -251,7 +251,7 @@ def train_gym(run: GymRun, cfg: AgentConfig, seed: int = 0, log: Callable[[str],
         if warning:
             log(f"warning: {warning}")
         capacity = sum(len(e) + 1 for e in episodes)
-        offline_buffer = _buffer(cfg, env.observation_space, action_dim, capacity)
+        offline_buffer = _buffer(new_buffer, env.observation_space, action_dim, capacity)
         for episode in episodes:
             offline_buffer.add_episode_record(episode)
         log(f"offline data: {len(episodes)} episodes, {offline_buffer.num_transitions} transitions from "
@@ -313,7 +313,7 @@ def train_gym(run: GymRun, cfg: AgentConfig, seed: int = 0, log: Callable[[str],
         else:
             frozen = None
             warmup = int(run.random_steps)
-        online_buffer = _buffer(cfg, env.observation_space, action_dim, min(run.buffer_capacity, run.env_steps + 2))\
+        online_buffer = _buffer(new_buffer, env.observation_space, action_dim, min(run.buffer_capacity, run.env_steps + 2))\
             if run.env_steps > 0 else None
         mixing = offline_buffer is not None and cfg.online.offline_ratio != 0
         act_key = jax.random.PRNGKey(seed + 1)

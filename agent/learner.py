@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
 import threading
 import time
 from collections import deque
@@ -31,16 +30,17 @@ import jax
 import numpy as np
 
 from agent.checkpoint import AgentCheckpointer
-from agent.core import Agent, agent_encode_frames, create_agent, uses_feature_cache
+from agent.config import AgentConfig
+from agent.core import Agent, agent_encode_frames, uses_feature_cache
 from agent.data.episodes import EpisodeStore
-from agent.data.replay_buffer import ReplayBuffer
+from agent.data.replay_buffer import BufferFactory, ReplayBuffer
 from agent.metrics import MetricsWriter
 from agent.param_sync import all_finite, backbone_digest, export_acting_params, export_backbone
-from agent.process_config import validate_process_config
+from agent.process_config import LearnerConfig, TransportConfig, validate_process_config
 from agent.sac import learner_step
 from agent.sampling import sample_batches
 from agent.transport.server import Delivery, LearnerServer, Watermarks
-from agent.wsrl import policy_drift, start_online_from_checkpoint, updates_allowed, wsrl_switch
+from agent.wsrl import policy_drift, updates_allowed
 from robot_env.errors import UserError
 
 log = logging.getLogger("agent.learner")
@@ -52,30 +52,6 @@ class LearnerError(UserError, RuntimeError):
     """A learner problem the user must act on (diverged training, unusable data)."""
 
 
-
-
-# ------------------------------------------------------------------------------------ spaces
-
-
-def observation_spec_from_config(cfg: Any) -> tuple[dict[str, tuple[tuple[int, ...], np.dtype]], int]:
-    """The observation spec and action size the env built from `cfg` produces (no env needed).
-
-    Mirrors robot_env: `state` (STATE_DIM float32), one (H, W, 3) uint8 frame per camera, and a
-    6-D action when the task holds the gripper closed (7-D otherwise).
-    """
-    from robot_env import STATE_DIM
-
-    if cfg.env.history_horizon != 1:
-        raise LearnerError("env.history_horizon > 1 stacks observations, which the agent's encoder does not "
-                           "read; set env.history_horizon=1 for actor/learner runs")
-    spec: dict[str, tuple[tuple[int, ...], np.dtype]] = {"state": ((STATE_DIM,), np.dtype(np.float32))}
-    for camera in cfg.env.cameras:
-        spec[camera] = ((cfg.env.image_height, cfg.env.image_width, 3), np.dtype(np.uint8))
-    return spec, 6 if cfg.task.fixed_gripper_closed else 7
-
-
-def example_observation(spec: Mapping[str, tuple[Sequence[int], Any]]) -> dict[str, np.ndarray]:
-    return {k: np.zeros(shape, dtype) for k, (shape, dtype) in spec.items()}
 
 
 # ------------------------------------------------------------------------------------ bookkeeping
@@ -126,54 +102,47 @@ class LearnerCounters:
 class Learner:
     """Owns the agent, the buffers and the bookkeeping; `run()` is the process's main loop."""
 
-    def __init__(self, cfg: Any, *, pretrained_dir: str | None = None, offline_dirs: Sequence[str] = (),
-                 endpoint: str | None = None, report: Callable[[str], None] = print):
-        from franka_rl.config import config_hash
-
-        validate_process_config(cfg.transport, learner=cfg.learner)
-        self.cfg = cfg
+    def __init__(self, agent: Agent, agent_cfg: AgentConfig, learner_cfg: LearnerConfig,
+                 transport_cfg: TransportConfig, *, observation_spec: Mapping[str, tuple[Sequence[int], Any]],
+                 action_dim: int, new_buffer: BufferFactory, config_hash: str, run_dir: str | Path, seed: int = 0,
+                 pretrained: Agent | None = None, offline_dirs: Sequence[str] = (), endpoint: str | None = None,
+                 report: Callable[[str], None] = print):
+        """`agent`: the online agent to train (a checkpoint in `run_dir` replaces it on resume);
+        `pretrained`: the frozen pre-trained agent behind the drift metrics; `new_buffer` makes
+        every buffer (online and offline) with the agent's reward shaping."""
+        validate_process_config(transport_cfg, learner=learner_cfg)
+        self.agent_cfg, self.lcfg = agent_cfg, learner_cfg
         self.report = report
-        lcfg = cfg.learner
-        self.run_dir = Path(lcfg.run_dir or Path(cfg.output_dir) / "learner")
+        lcfg = learner_cfg
+        self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.buffer_dir = self.run_dir / "replay"
         self.buffer_dir.mkdir(exist_ok=True)
         for leftover in self.buffer_dir.glob(".tmp-*"):  # a buffer save cut short by a crash
             leftover.unlink(missing_ok=True)
-        self.spec, self.action_dim = observation_spec_from_config(cfg)
-        self.rng = np.random.default_rng(cfg.seed)
+        self.spec = {k: (tuple(int(d) for d in shape), np.dtype(dtype)) for k, (shape, dtype) in observation_spec.items()}
+        self.action_dim = int(action_dim)
+        self.new_buffer = new_buffer
+        self.rng = np.random.default_rng(seed)
         self.counters = LearnerCounters()
         self.books: dict[str, StreamBook] = {}
         self.checkpointer = AgentCheckpointer(self.run_dir / "checkpoints", max_to_keep=lcfg.keep_checkpoints)
-        self.pretrained: Agent | None = None
-
-        example = example_observation(self.spec)
-        resumed = self.checkpointer.latest_step() is not None
-        if pretrained_dir:
-            online, self.pretrained, _ = start_online_from_checkpoint(pretrained_dir, cfg.agent, example,
-                                                                      self.action_dim)
-        else:
-            online = wsrl_switch(create_agent(cfg.agent, example, self.action_dim, seed=cfg.seed), cfg.agent.online)
-        self.agent = online
+        self.pretrained = pretrained
+        self.agent = agent
         self.feature_cache = uses_feature_cache(self.agent)
-        buffer_kwargs = dict(
-            reward_scale=cfg.agent.reward.scale, reward_bias=cfg.agent.reward.bias,
-            discount=cfg.agent.sac.discount, sparse_reward=cfg.agent.reward.sparse,
-        )
         feature_fn = self._make_feature_fn() if self.feature_cache else None
         self.feature_fn = feature_fn
-        if resumed:
+        if self.checkpointer.latest_step() is not None:
             self._resume(feature_fn)
         else:
-            self.buffer = ReplayBuffer(self.spec, self.action_dim, lcfg.buffer_capacity, feature_fn=feature_fn,
-                                       **buffer_kwargs)
-        self.offline = self._load_offline(offline_dirs, feature_fn, buffer_kwargs) if offline_dirs else None
-        if self.offline is None and cfg.agent.online.offline_ratio != 0:
-            raise LearnerError(f"agent.online.offline_ratio={cfg.agent.online.offline_ratio} mixes offline data "
+            self.buffer = new_buffer(self.spec, self.action_dim, lcfg.buffer_capacity, feature_fn=feature_fn)
+        self.offline = self._load_offline(offline_dirs, feature_fn) if offline_dirs else None
+        if self.offline is None and agent_cfg.online.offline_ratio != 0:
+            raise LearnerError(f"agent.online.offline_ratio={agent_cfg.online.offline_ratio} mixes offline data "
                                "into every batch: pass the episode directories with --offline-data DIR ...")
 
         self.server = LearnerServer(
-            cfg.transport, config_hash=config_hash(cfg), observation_spec=self.spec, action_dim=self.action_dim,
+            transport_cfg, config_hash=config_hash, observation_spec=self.spec, action_dim=self.action_dim,
             backbone_digest=backbone_digest(self.agent),
             watermarks={s: Watermarks(b.committed_through, b.committed_through) for s, b in self.books.items()},
             endpoint=endpoint,
@@ -195,7 +164,7 @@ class Learner:
         # Reads self.agent at call time: after a resume that is the restored agent.
         return lambda frames: np.asarray(agent_encode_frames(self.agent, frames))
 
-    def _load_offline(self, directories: Sequence[str], feature_fn, buffer_kwargs) -> ReplayBuffer:
+    def _load_offline(self, directories: Sequence[str], feature_fn) -> ReplayBuffer:
         episodes = []
         for directory in directories:
             try:
@@ -211,11 +180,11 @@ class Learner:
                 raise LearnerError(f"--offline-data: episodes with observations {found} and action size "
                                    f"{episode.actions.shape[1]} do not fit this run's {self.spec} / {self.action_dim}")
         capacity = sum(len(e) + 1 for e in episodes) + 1
-        buffer = ReplayBuffer(self.spec, self.action_dim, capacity, feature_fn=feature_fn, **buffer_kwargs)
+        buffer = self.new_buffer(self.spec, self.action_dim, capacity, feature_fn=feature_fn)
         for episode in episodes:
             buffer.add_episode_record(episode)
         self.report(f"offline data: {buffer.num_transitions} transitions from {len(episodes)} episodes "
-                    f"(offline_ratio {self.cfg.agent.online.offline_ratio})")
+                    f"(offline_ratio {self.agent_cfg.online.offline_ratio})")
         return buffer
 
     def _resume(self, feature_fn) -> None:
@@ -225,11 +194,11 @@ class Learner:
         if extra.get("format") != BOOKKEEPING_FORMAT:
             raise LearnerError(f"{self.checkpointer.directory} holds checkpoints of another command; give the "
                                "learner its own learner.run_dir")
-        restored, _ = self.checkpointer.restore(self.agent, step, self.cfg.agent)
+        restored, _ = self.checkpointer.restore(self.agent, step, self.agent_cfg)
         self.agent = restored
         buffer_path = self.buffer_dir / extra["buffer_file"]
         try:
-            self.buffer = ReplayBuffer.load(buffer_path, feature_fn=feature_fn)
+            self.buffer = self.new_buffer.load(buffer_path, feature_fn=feature_fn)
         except (ValueError, FileNotFoundError) as exc:
             raise LearnerError(f"cannot resume: the replay buffer of checkpoint {step} is unreadable ({exc}); "
                                f"move {self.run_dir} aside to start afresh") from None
@@ -248,7 +217,7 @@ class Learner:
 
     @property
     def warmup_done(self) -> bool:
-        return updates_allowed(self.online_transitions, self.cfg.agent.online.warmup_steps)
+        return updates_allowed(self.online_transitions, self.agent_cfg.online.warmup_steps)
 
     def request_stop(self, *_: Any) -> None:
         self._stop.set()
@@ -293,7 +262,7 @@ class Learner:
             observation = {key: value[k] for key, value in chunk.next_observations.items()}
             self.buffer.insert(previous, chunk.actions[k], float(chunk.rewards[k]), observation,
                                bool(chunk.terminated[k]), bool(chunk.truncated[k]), bool(chunk.intervened[k]),
-                               bool(chunk.success[k]), stream=stream)
+                               stream=stream)
             previous = observation
         book.stored_through = delivery.sequence
         book.transitions_stored += len(chunk)
@@ -313,21 +282,21 @@ class Learner:
     # ------------------------------------------------------------------ training
 
     def _step_budget_left(self) -> bool:
-        rate = self.cfg.learner.steps_per_transition
+        rate = self.lcfg.steps_per_transition
         if rate <= 0:
             return True
-        since_gate = self.online_transitions - self.cfg.agent.online.warmup_steps
+        since_gate = self.online_transitions - self.agent_cfg.online.warmup_steps
         return self.counters.steps < math.ceil(rate * max(since_gate, 1))
 
     def can_update(self) -> bool:
         return (self.warmup_done and self.buffer.num_transitions > 0 and self._step_budget_left()
-                and (self.cfg.learner.max_steps == 0 or self.counters.steps < self.cfg.learner.max_steps))
+                and (self.lcfg.max_steps == 0 or self.counters.steps < self.lcfg.max_steps))
 
     def update(self) -> dict[str, float]:
-        sac = self.cfg.agent.sac
+        sac = self.agent_cfg.sac
         batches = sample_batches(
-            self.buffer, self.offline, self.rng, sac.batch_size, sac.utd, self.cfg.agent.online.offline_ratio,
-            bootstrap_on_truncation=self.cfg.agent.reward.bootstrap_on_truncation, frames=not self.feature_cache)
+            self.buffer, self.offline, self.rng, sac.batch_size, sac.utd, self.agent_cfg.online.offline_ratio,
+            bootstrap_on_truncation=self.agent_cfg.reward.bootstrap_on_truncation, frames=not self.feature_cache)
         agent, metrics = learner_step(self.agent, batches)
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
@@ -339,7 +308,7 @@ class Learner:
         self.agent = agent
         self.counters.steps += 1
         self._dirty = True
-        if self.pretrained is not None and self.counters.steps % self.cfg.learner.log_every_steps == 0:
+        if self.pretrained is not None and self.counters.steps % self.lcfg.log_every_steps == 0:
             last = jax.tree.map(lambda x: x[-1], batches)
             metrics.update({k: float(v) for k, v in
                             policy_drift(self.agent, self.pretrained.actor.params, last["observations"]).items()})
@@ -351,7 +320,7 @@ class Learner:
         The first call of a jitted step compiles it (tens of seconds with image heads on a CPU);
         doing that during the warm-up, while the server already answers actors, keeps it from
         stalling the storing of transitions when the gate opens."""
-        sac = self.cfg.agent.sac
+        sac = self.agent_cfg.sac
         lead = (sac.utd, sac.batch_size)
         observations = {}
         for key, (shape, dtype) in self.spec.items():
@@ -393,7 +362,7 @@ class Learner:
             "transitions": sum(b.transitions_committed for b in self.books.values()),
             "streams": {s: b.durable_state() for s, b in self.books.items()},
         }
-        self.checkpointer.save(index, self.agent, self.cfg.agent, extra)
+        self.checkpointer.save(index, self.agent, self.agent_cfg, extra)
         self.counters.checkpoints = index
         kept = {f"buffer_{s:06d}.npz" for s in self.checkpointer.all_steps()}
         for old in self.buffer_dir.glob("buffer_*.npz"):
@@ -409,7 +378,7 @@ class Learner:
     # ------------------------------------------------------------------ main loop
 
     def status_text(self) -> str:
-        warm = self.cfg.agent.online.warmup_steps
+        warm = self.agent_cfg.online.warmup_steps
         phase = "training" if self.warmup_done else f"warm-up {min(self.online_transitions, warm)}/{warm}"
         success = self.counters.recent_success
         rate = f"{100 * np.mean(success):.0f}%" if success else "-"
@@ -439,7 +408,7 @@ class Learner:
         }, prefix="online")
 
     def run(self, status: Any = None) -> LearnerCounters:
-        lcfg = self.cfg.learner
+        lcfg = self.lcfg
         self.server.start()
         self.report(f"learner listening on {self.server.endpoint} (session {self.server.session}); "
                     f"run directory {self.run_dir}")
@@ -483,22 +452,8 @@ class Learner:
         return self.counters
 
 
-def install_stop_handlers(learner: Learner) -> None:
-    """SIGTERM and the first Ctrl-C stop the loop cleanly (a final checkpoint); a second Ctrl-C aborts."""
-
-    def on_signal(signum, frame):
-        learner.request_stop()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-
-
 __all__ = [
     "Learner",
     "LearnerError",
     "StreamBook",
-    "example_observation",
-    "install_stop_handlers",
-    "observation_spec_from_config",
 ]

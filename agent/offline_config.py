@@ -27,6 +27,8 @@ class PretrainConfig:
     keep_checkpoints: int = 3
     # Replay-buffer slots; 0 = exactly what the dataset needs.
     buffer_capacity: int = 0
+    # Where the updates run: "auto", "gpu" (refuse to start without one) or "cpu" (agent/devices.py).
+    device: str = "auto"
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Offline pre-training (Cal-QL, CQL, or any preset with `agent.cql.enabled`) on recorded data.
 
     dataset = load_offline_episodes(["runs/demos", "minari:franka/peg-v0", "old.pkl"], trust_pickle=True)
-    summary = pretrain(cfg.agent, cfg.pretrain, dataset, "runs/pretrain", seed=0)
+    summary = pretrain(cfg.agent, cfg.pretrain, dataset, "runs/pretrain", new_buffer=buffer_factory(cfg.agent))
 
 A run folder holds `checkpoints/<step>/` (orbax, atomic; what `agent.wsrl.start_online_from_checkpoint`
 restores one-to-one), `metrics.jsonl` + `tensorboard/`, `calibration.png` (Q against the
@@ -28,7 +28,7 @@ from agent.checkpoint import AgentCheckpointer
 from agent.config import AgentConfig
 from agent.core import Agent, agent_encode_frames, create_agent, replace_spec, uses_feature_cache
 from agent.data.episodes import CorruptEpisodeError, Episode, EpisodeStore, load_episode
-from agent.data.replay_buffer import ReplayBuffer
+from agent.data.replay_buffer import BufferFactory, ReplayBuffer
 from agent.metrics import MetricsWriter
 from agent.offline_config import PretrainConfig
 from agent.sac import learner_step, stack_batches
@@ -147,16 +147,13 @@ def split_holdout(episodes: Sequence[Episode], count: int) -> tuple[list[Episode
             [e for i, e in enumerate(episodes) if i in held])
 
 
-def build_buffer(episodes: Sequence[Episode], cfg: AgentConfig, capacity: int = 0,
-                 agent: Agent | None = None) -> ReplayBuffer:
-    """A replay buffer of `episodes` with MC returns on the agent's shaped reward; with a frozen,
-    un-augmented image backbone every frame is encoded once into the feature cache."""
+def fill_buffer(episodes: Sequence[Episode], new_buffer: BufferFactory, capacity: int = 0,
+                agent: Agent | None = None) -> ReplayBuffer:
+    """A replay buffer of `episodes` (MC returns with the factory's shaping, the agent's own); with
+    a frozen, un-augmented image backbone every frame is encoded once into the feature cache."""
     capacity = capacity or sum(len(e) + 1 for e in episodes)
-    buffer = ReplayBuffer.from_episodes(
-        episodes, capacity, reward_scale=cfg.reward.scale, reward_bias=cfg.reward.bias,
-        discount=cfg.sac.discount, sparse_reward=cfg.reward.sparse,
-        feature_keys=agent.spec.image_keys if agent is not None else None,
-    )
+    buffer = new_buffer.from_episodes(
+        episodes, capacity, feature_keys=agent.spec.image_keys if agent is not None else None)
     if agent is not None and uses_feature_cache(agent):
         buffer.set_feature_fn(lambda frames: np.asarray(agent_encode_frames(agent, frames)))
     return buffer
@@ -193,6 +190,7 @@ def pretrain(
     dataset: OfflineDataset,
     run_dir: str | Path,
     *,
+    new_buffer: BufferFactory,
     seed: int = 0,
     progress: bool = True,
     run_info: dict[str, Any] | None = None,
@@ -213,7 +211,7 @@ def pretrain(
     if start:
         agent, _ = checkpointer.restore(agent, start, cfg)
         print(f"resuming from {checkpointer.directory}/{start}", file=sys.stderr)
-    buffer = build_buffer(train, cfg, pcfg.buffer_capacity, agent)
+    buffer = fill_buffer(train, new_buffer, pcfg.buffer_capacity, agent)
     rng = np.random.default_rng(seed + start)
     batch_size = int(cfg.sac.batch_size)
     bootstrap = bool(cfg.reward.bootstrap_on_truncation)

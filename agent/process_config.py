@@ -88,6 +88,9 @@ class LearnerConfig:
     max_steps: int = 0
     tensorboard: bool = True
     status_interval_s: float = 1.0
+    # Where the updates run: "auto" (a GPU if JAX finds one, else the CPU, said at start), "gpu"
+    # (refuse to start without one) or "cpu". See agent/devices.py and docs/processes.md.
+    device: str = "auto"
 
 
 class ProcessConfigError(UserError, ValueError):

@@ -10,11 +10,18 @@ Conventions (ALGORITHMS.md, "Rewards and Monte-Carlo returns"):
   of step t differs from the observation of step t + 1);
 - within one episode G_t = r'_t + discount * (1 - terminated_t) * G_{t+1}, with G = 0 after the
   last step (a truncated last step therefore ends the sum: nothing is known beyond it);
-- a sparse-task episode without success gets G_t = r'_neg / (1 - discount) everywhere: it would
-  have gone on failing.
+- a sparse-task episode without a success reward gets G_t = r'_neg / (1 - discount) everywhere: it
+  would have gone on failing. Success here is read off the reward stream itself (a raw reward > 0,
+  i.e. r' above r'_neg), never off `info["success"]`: behind a reward classifier the two disagree,
+  and G must describe the rewards the critic is trained on.
+
+`RewardShaping` bundles the four settings so that a buffer cannot be built with some of them.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -100,6 +107,44 @@ def observation_discontinuity(next_obs: np.ndarray, obs: np.ndarray, atol: float
     return gap
 
 
+@dataclass(frozen=True)
+class RewardShaping:
+    """How raw rewards become the critic's reward, and so how G is computed: r' = scale * r + bias,
+    discounted by `discount`; `sparse`: an episode with no success reward gets the failure return."""
+
+    scale: float
+    bias: float
+    discount: float
+    sparse: bool
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.discount < 1.0:
+            raise ValueError(f"discount must be in [0, 1), got {self.discount}")
+
+    @classmethod
+    def from_agent_config(cls, cfg: Any) -> RewardShaping:
+        """The agent's own settings (`agent.reward.*` and `agent.sac.discount`): the only mapping
+        from config to shaping, so buffers and the update cannot disagree."""
+        return cls(scale=float(cfg.reward.scale), bias=float(cfg.reward.bias),
+                   discount=float(cfg.sac.discount), sparse=bool(cfg.reward.sparse))
+
+    def shape(self, raw: np.ndarray) -> np.ndarray:
+        return shape_rewards(raw, self.scale, self.bias)
+
+    @property
+    def failure_return(self) -> float:
+        return sparse_failure_return(self.scale, self.bias, self.discount)
+
+    def episode_returns(self, raw_rewards: np.ndarray, terminated: np.ndarray) -> np.ndarray:
+        """G of ONE complete episode, from its raw rewards alone."""
+        raw = np.asarray(raw_rewards, np.float64).reshape(-1)
+        failed = self.sparse and not bool(np.any(raw > 0))
+        return mc_returns(self.shape(raw), terminated, self.discount, self.failure_return if failed else None)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"scale": self.scale, "bias": self.bias, "discount": self.discount, "sparse": self.sparse}
+
+
 def episode_mc_returns(
     raw_rewards: np.ndarray,
     terminated: np.ndarray,
@@ -110,25 +155,21 @@ def episode_mc_returns(
     discount: float,
     sparse: bool,
     discontinuity: np.ndarray | None = None,
-    success: np.ndarray | None = None,
     keep_incomplete: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Shape, split and compute G over a stream of transitions (possibly many episodes).
 
     Returns (G, valid): G per step (float32) and a mask of the steps that belong to a completed
     episode (steps of a dropped incomplete tail have valid = False and G = NaN).
-    For a sparse task an episode counts as successful when any `success` step (default: raw
-    reward > 0) lies in it; failed ones get the sparse-failure return everywhere.
+    For a sparse task an episode is a failure when none of its rewards is a success reward; failed
+    episodes get the sparse-failure return everywhere (`RewardShaping.episode_returns`).
     """
+    shaping = RewardShaping(scale=scale, bias=bias, discount=discount, sparse=sparse)
     raw = np.asarray(raw_rewards).reshape(-1)
-    shaped = shape_rewards(raw, scale, bias)
     done = np.asarray(terminated, dtype=bool).reshape(-1)
-    hit = (raw > 0) if success is None else np.asarray(success, dtype=bool).reshape(-1)
     returns = np.full(raw.shape, np.nan, dtype=np.float32)
     valid = np.zeros(raw.shape, dtype=bool)
-    failure = sparse_failure_return(scale, bias, discount) if sparse else None
     for episode in split_episodes(done, truncated, discontinuity, keep_incomplete=keep_incomplete):
-        failed = sparse and not bool(hit[episode].any())
-        returns[episode] = mc_returns(shaped[episode], done[episode], discount, failure if failed else None)
+        returns[episode] = shaping.episode_returns(raw[episode], done[episode])
         valid[episode] = True
     return returns, valid

@@ -71,13 +71,13 @@ class PacedEnv(gym.Wrapper):
 
 def learner_stand_in(cfg, shapes, ready, done) -> None:
     from agent.transport.server import LearnerServer
-    from franka_rl.config import config_hash
+    from franka_rl.assemble import config_hash, observation_spec
 
     rng = np.random.default_rng(0)
     params = {k: (0.01 * rng.normal(size=shape)).astype(dtype) for k, (shape, dtype) in shapes.items()}
-    spec = {"state": ((19,), np.float32), **{c: ((cfg.env.image_height, cfg.env.image_width, 3), np.uint8)
-                                              for c in cfg.env.cameras}}
-    with LearnerServer(cfg.transport, config_hash=config_hash(cfg), observation_spec=spec, action_dim=6) as server:
+    spec, action_dim = observation_spec(cfg)
+    with LearnerServer(cfg.transport, config_hash=config_hash(cfg), observation_spec=spec,
+                       action_dim=action_dim) as server:
         server.publish(0, params)
         ready.set()
         version, last = 0, time.monotonic()
@@ -92,13 +92,10 @@ def learner_stand_in(cfg, shapes, ready, done) -> None:
 def acting_shapes(cfg) -> dict:
     import jax
 
-    from agent.core import create_agent
-    from agent.learner import example_observation, observation_spec_from_config
     from agent.param_sync import trainable_acting_params
+    from franka_rl.assemble import build_agent
 
-    spec, action_dim = observation_spec_from_config(cfg)
-    tree = jax.eval_shape(lambda: trainable_acting_params(create_agent(cfg.agent, example_observation(spec),
-                                                                       action_dim)))
+    tree = jax.eval_shape(lambda: trainable_acting_params(build_agent(cfg)))
 
     def flat(node, prefix=""):
         if isinstance(node, dict):
@@ -112,7 +109,7 @@ def acting_shapes(cfg) -> dict:
 
 
 def measure(name: str, overrides: list[str], steps: int) -> dict:
-    from agent.actor import Actor, build_env
+    from franka_rl.assemble import build_actor, build_env
     from franka_rl.config import load_config
 
     with tempfile.TemporaryDirectory() as out:
@@ -123,9 +120,9 @@ def measure(name: str, overrides: list[str], steps: int) -> dict:
         stand_in = context.Process(target=learner_stand_in, args=(cfg, acting_shapes(cfg), ready, done), daemon=True)
         stand_in.start()
         ready.wait(120)
-        env = PacedEnv(build_env(cfg), cfg.env.control_hz)
+        env = PacedEnv(build_env(cfg, "actor"), cfg.env.control_hz)
         try:
-            actor = Actor(cfg, env, report=lambda message: None)
+            actor = build_actor(cfg, env, report=lambda message: None)
             swaps = []
             take = actor._swap_params
             actor._swap_params = lambda: swaps.append(take()) or swaps[-1]

@@ -15,8 +15,10 @@ import time
 
 import numpy as np
 
+from agent.config import AgentConfig
 from agent.data import ReplayBuffer
 from agent.data.synthetic import synthetic_episode
+from franka_rl.assemble import reward_shaping
 
 FRAME_BYTES = 128 * 128 * 3
 CAMERAS = ("wrist_1", "wrist_2")
@@ -52,7 +54,7 @@ def main() -> None:
     print("-" * 78)
     buffer = None
     for length in (25, 50, 100):
-        buffer = ReplayBuffer(spec, 6, args.capacity)
+        buffer = ReplayBuffer(spec, 6, args.capacity, shaping=reward_shaping(AgentConfig()))
         fill(buffer, length, rng)
         per = buffer.nbytes / buffer.num_transitions
         ratio = per / (FRAME_BYTES * len(CAMERAS))

@@ -54,6 +54,7 @@ def main() -> int:
     from agent.data.sim_expert import expert_episodes
     from agent.metrics import read_metrics
     from agent.pretrain import OfflineDataset, example_observation, pretrain, split_holdout
+    from franka_rl.assemble import buffer_factory
     from franka_rl.config import load_config
 
     env = sim.make_state_env(max_episode_steps=args.max_steps)
@@ -84,7 +85,7 @@ def main() -> int:
         cfg = load_config(overrides=overrides, preset=preset)
         run_dir = Path(args.out) / preset
         summary = pretrain(cfg.agent, cfg.pretrain, OfflineDataset(episodes, ["generated"]), run_dir,
-                           seed=args.seed, progress=sys.stderr.isatty(), run_info={"agent_preset": preset})
+                           new_buffer=buffer_factory(cfg.agent), seed=args.seed, progress=sys.stderr.isatty(), run_info={"agent_preset": preset})
         agent, _ = restore_agent(run_dir / "checkpoints",
                                  create_agent(cfg.agent, example_observation(episodes[0]), 6, seed=args.seed))
         held = calibration_points(agent, held_out, cfg.agent.reward.sparse)

@@ -34,6 +34,7 @@ from agent.core import act, agent_encode_frames, create_agent, uses_feature_cach
 from agent.data.replay_buffer import ReplayBuffer  # noqa: E402
 from agent.sac import learner_step  # noqa: E402
 from agent.sampling import sample_batches  # noqa: E402
+from franka_rl.assemble import build_buffer  # noqa: E402
 
 STATE_DIM, ACTION_DIM, SIZE, CAMERAS = 19, 6, 128, ("wrist_1", "wrist_2")
 
@@ -47,7 +48,7 @@ def example_observation(cameras: bool) -> dict[str, np.ndarray]:
 
 def filled_buffer(cameras: bool, episodes: int, steps: int, rng: np.random.Generator) -> ReplayBuffer:
     spec = {k: (v.shape, v.dtype) for k, v in example_observation(cameras).items()}
-    buffer = ReplayBuffer(spec, ACTION_DIM, episodes * (steps + 1), reward_bias=-1.0, discount=0.98)
+    buffer = build_buffer(AgentConfig(), spec, ACTION_DIM, episodes * (steps + 1))
     for _ in range(episodes):
         obs = {"state": rng.normal(size=(steps + 1, STATE_DIM)).astype(np.float32)}
         if cameras:

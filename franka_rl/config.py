@@ -8,7 +8,6 @@ its errors into one line that names the offending key and the file it came from.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,21 +137,3 @@ def _apply_overrides(merged, overrides: list[str] | None):
 
 def to_yaml(cfg: Config) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
-
-
-def config_hash(cfg: Config) -> str:
-    """Short stable hash of everything that defines the task and the data it produces.
-
-    Output locations, the seed, and how a run is carried out are left out: the teleop device and
-    recording targets, the processes' transport/actor/learner settings, the pre-training and
-    evaluation schedules, where the reward comes from (the classifier on the actor only), and the
-    preset's name (its effect is in `agent`). Two runs of the same setup share a hash, so an actor
-    with the classifier switched on passes the learner's handshake, and demos recorded with a
-    SpaceMouse and with the keyboard carry the same hash.
-    """
-    tree = OmegaConf.to_container(OmegaConf.structured(cfg))
-    for volatile in ("output_dir", "seed", "teleop", "record", "transport", "actor", "learner",
-                     "pretrain", "eval", "classifier", "agent_preset"):
-        tree.pop(volatile, None)
-    text = OmegaConf.to_yaml(OmegaConf.create(tree))
-    return hashlib.sha256(text.encode()).hexdigest()[:12]

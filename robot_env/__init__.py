@@ -9,7 +9,7 @@ from __future__ import annotations
 import gymnasium as gym
 
 from robot_env.config import EnvConfig, TaskConfig
-from robot_env.env import STATE_DIM, STATE_LAYOUT, FrankaEnv, pose_success_fn
+from robot_env.env import STATE_DIM, STATE_LAYOUT, FrankaEnv, base_spaces, pose_success_fn
 from robot_env.interfaces import (
     Camera,
     CameraError,
@@ -45,9 +45,11 @@ __all__ = [
     "RobotState",
     "SafetyBox",
     "TaskConfig",
+    "base_spaces",
     "make_env",
     "pose_success_fn",
     "wrap_env",
+    "wrapped_spaces",
 ]
 
 
@@ -59,6 +61,19 @@ def wrap_env(env: FrankaEnv, task: TaskConfig, env_cfg: EnvConfig) -> gym.Env:
     if env_cfg.history_horizon > 1:
         wrapped = ObservationHistoryWrapper(wrapped, env_cfg.history_horizon)
     return EpisodeStatisticsWrapper(wrapped)
+
+
+def wrapped_spaces(task: TaskConfig, env_cfg: EnvConfig) -> tuple[gym.spaces.Dict, gym.spaces.Box]:
+    """The observation and action spaces of the env `make_env` builds for this config, computed by
+    the wrappers' own space functions (a learner on another host needs them without an env)."""
+    observation_space, action_space = base_spaces(env_cfg)
+    if task.fixed_gripper_closed:
+        action_space = FixedGripperWrapper.wrapped_action_space(action_space)
+    if env_cfg.history_horizon > 1:
+        observation_space = ObservationHistoryWrapper.wrapped_observation_space(
+            observation_space, env_cfg.history_horizon
+        )
+    return observation_space, action_space
 
 
 def make_env(robot, cameras, clock, task: TaskConfig, env_cfg: EnvConfig, **kwargs) -> gym.Env:

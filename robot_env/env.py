@@ -68,6 +68,19 @@ def pose_success_fn(task: TaskConfig) -> SuccessFn:
     return success
 
 
+def base_spaces(env_cfg: EnvConfig) -> tuple[spaces.Dict, spaces.Box]:
+    """`FrankaEnv`'s own observation and action spaces for `env_cfg`: `state` and one uint8 frame
+    per camera in `env.cameras`, and the 7-D action. No robot or camera is touched."""
+    image_shape = (env_cfg.image_height, env_cfg.image_width, 3)
+    observation_space = spaces.Dict(
+        {
+            "state": spaces.Box(-np.inf, np.inf, (STATE_DIM,), np.float32),
+            **{name: spaces.Box(0, 255, image_shape, np.uint8) for name in env_cfg.cameras},
+        }
+    )
+    return observation_space, spaces.Box(-1.0, 1.0, (7,), np.float32)
+
+
 class FrankaEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
 
@@ -118,14 +131,7 @@ class FrankaEnv(gym.Env):
         self._frame_position = self._reset_position
         self._frame_rotation = self._reset_rotation
 
-        image_shape = (env_cfg.image_height, env_cfg.image_width, 3)
-        self.observation_space = spaces.Dict(
-            {
-                "state": spaces.Box(-np.inf, np.inf, (STATE_DIM,), np.float32),
-                **{name: spaces.Box(0, 255, image_shape, np.uint8) for name in camera_names},
-            }
-        )
-        self.action_space = spaces.Box(-1.0, 1.0, (7,), np.float32)
+        self.observation_space, self.action_space = base_spaces(env_cfg)
 
         self._state: RobotState | None = None
         self._images: dict[str, np.ndarray] = {}

@@ -16,10 +16,15 @@ class FixedGripperWrapper(gym.ActionWrapper):
 
     def __init__(self, env: gym.Env, closed: bool = True):
         super().__init__(env)
-        if env.action_space.shape != (7,):
-            raise ValueError(f"expected a 7-D action space, got {env.action_space.shape}")
         self.gripper_command = -1.0 if closed else 1.0
-        self.action_space = spaces.Box(-1.0, 1.0, (6,), np.float32)
+        self.action_space = self.wrapped_action_space(env.action_space)
+
+    @staticmethod
+    def wrapped_action_space(space: spaces.Box) -> spaces.Box:
+        """The action space this wrapper exposes over `space` (also used without an env)."""
+        if space.shape != (7,):
+            raise ValueError(f"expected a 7-D action space, got {space.shape}")
+        return spaces.Box(-1.0, 1.0, (6,), np.float32)
 
     def action(self, action: np.ndarray) -> np.ndarray:
         return np.concatenate([np.asarray(action, dtype=np.float32), [self.gripper_command]]).astype(
@@ -38,17 +43,22 @@ class ObservationHistoryWrapper(gym.ObservationWrapper):
         if horizon < 1:
             raise ValueError(f"history horizon must be ≥ 1, got {horizon}")
         self.horizon = horizon
-        self.observation_space = spaces.Dict(
+        self.observation_space = self.wrapped_observation_space(env.observation_space, horizon)
+        self._history: deque[dict[str, np.ndarray]] = deque(maxlen=horizon)
+
+    @staticmethod
+    def wrapped_observation_space(space: spaces.Dict, horizon: int) -> spaces.Dict:
+        """The observation space this wrapper exposes over `space` (also used without an env)."""
+        return spaces.Dict(
             {
                 key: spaces.Box(
-                    np.repeat(space.low[None], horizon, axis=0),
-                    np.repeat(space.high[None], horizon, axis=0),
-                    dtype=space.dtype,
+                    np.repeat(box.low[None], horizon, axis=0),
+                    np.repeat(box.high[None], horizon, axis=0),
+                    dtype=box.dtype,
                 )
-                for key, space in env.observation_space.spaces.items()
+                for key, box in space.spaces.items()
             }
         )
-        self._history: deque[dict[str, np.ndarray]] = deque(maxlen=horizon)
 
     def reset(self, **kwargs):
         observation, info = self.env.reset(**kwargs)

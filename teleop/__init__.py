@@ -5,16 +5,16 @@ See docs/teleop.md.
 
 from teleop.config import RecordConfig, TeleopConfig
 from teleop.devices import (
-    DEVICE_CHOICES,
     IDLE,
     AxisMapping,
     DeviceError,
     NullDevice,
     TeleopCommand,
     TeleopDevice,
-    make_device,
 )
 from teleop.intervention import InterventionWrapper
+from teleop.registry import DEVICE_CHOICES, make_device
+from teleop.replay import ReplayDevice
 from teleop.scripted import ExpertDevice, ScriptedDevice
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "InterventionWrapper",
     "NullDevice",
     "RecordConfig",
+    "ReplayDevice",
     "ScriptedDevice",
     "TeleopCommand",
     "TeleopConfig",

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 @dataclass
 class TeleopConfig:
-    # "spacemouse", "keyboard", "scripted" (the twin's expert; sim only) or "none".
+    # "spacemouse", "keyboard", "scripted" (the twin's expert; sim only), "replay" (replays the
+    # actions of recorded episodes, headless: `replay_path`) or "none".
     device: str = "scripted"
     # Steps the intervention keeps control after the device goes quiet (the arm holds still),
     # so the policy does not snatch the arm back the instant the operator lets go.
@@ -37,6 +38,10 @@ class TeleopConfig:
     terminal_key_hold_s: float = 0.55
     # Scripted device: Gaussian action noise of the twin's expert (std, in action units).
     scripted_noise: float = 0.1
+    # Replay device: an episode file or directory (this project's format) whose recorded actions
+    # are replayed in order, one episode per env episode; at the end of each it marks the episode
+    # as the recording was (success or failure), as an operator would.
+    replay_path: str = ""
 
 
 @dataclass

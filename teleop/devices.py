@@ -9,14 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from robot_env.errors import UserError
 from teleop.config import TeleopConfig
 
-DEVICE_CHOICES = ("spacemouse", "keyboard", "scripted", "none")
 BUTTON_ROLES = ("gripper_close", "gripper_open", "success", "failure", "none")
 
 
@@ -132,24 +131,3 @@ class NullDevice:
 
     def close(self) -> None:
         pass
-
-
-def make_device(cfg: TeleopConfig, *, action_frame: str = "ee", env: Any = None, seed: int = 0) -> TeleopDevice:
-    """Open the device `cfg.device` names. The scripted device needs the (twin) env it drives."""
-    if cfg.device == "none":
-        return NullDevice()
-    if cfg.device == "spacemouse":
-        from teleop.spacemouse import SpaceMouse
-
-        return SpaceMouse.open(cfg, action_frame=action_frame)
-    if cfg.device == "keyboard":
-        from teleop.keyboard import open_keyboard
-
-        return open_keyboard(cfg, action_frame=action_frame)
-    if cfg.device == "scripted":
-        from teleop.scripted import ExpertDevice
-
-        if env is None:
-            raise DeviceError("the scripted device replays the twin's expert and needs the env it drives")
-        return ExpertDevice(env, noise=cfg.scripted_noise, seed=seed)
-    raise DeviceError(f"teleop.device must be one of {DEVICE_CHOICES}, got '{cfg.device}'")

@@ -117,6 +117,7 @@ def test_episode_files_load_in_recorded_order_with_their_own_returns(tmp_path):
     from agent.data import EpisodeStore, ReplayBuffer
     from agent.data.episodes import write_episode_file
     from agent.data.synthetic import synthetic_episode
+    from agent.returns import RewardShaping
 
     rng = np.random.default_rng(0)
     recorded = [synthetic_episode(rng, 3, cameras=(), success=True, episode_index=0),
@@ -130,7 +131,8 @@ def test_episode_files_load_in_recorded_order_with_their_own_returns(tmp_path):
 
     store = EpisodeStore(tmp_path)
     assert [p.name for p in store.paths()] == ["episode_999999.npz", "episode_1000000.npz", "episode_1000001.npz"]
-    buffer = ReplayBuffer.from_store(tmp_path, 64, reward_scale=1.0, reward_bias=-1.0, discount=GAMMA)
+    buffer = ReplayBuffer.from_store(tmp_path, 64, shaping=RewardShaping(scale=1.0, bias=-1.0, discount=GAMMA,
+                                                                         sparse=True))
     batch = buffer.all_transitions()
     np.testing.assert_array_equal(batch["episode_ids"], batch["observations"]["state"][:, 0])  # loaded in order
     by_episode = {e: batch["mc_returns"][batch["episode_ids"] == e] for e in range(3)}

@@ -16,6 +16,7 @@ from agent.calibration import calibration_points, calibration_summary
 from agent.data.episodes import Episode
 from agent.offline_config import PretrainConfig
 from agent.pretrain import OfflineDataset, pretrain, split_holdout
+from franka_rl.assemble import buffer_factory
 from franka_rl.config import load_config
 
 STEPS = 2500
@@ -51,7 +52,8 @@ def dataset() -> list[Episode]:
 def _train(preset: str, episodes: list[Episode], run_dir):
     cfg = load_config(overrides=OVERRIDES, preset=preset)
     settings = PretrainConfig(steps=STEPS, holdout_episodes=0, log_every=500, checkpoint_every=STEPS)
-    summary = pretrain(cfg.agent, settings, OfflineDataset(episodes, ["generated"]), run_dir, progress=False)
+    summary = pretrain(cfg.agent, settings, OfflineDataset(episodes, ["generated"]), run_dir,
+                       new_buffer=buffer_factory(cfg.agent), progress=False)
     return cfg, summary
 
 

@@ -2,7 +2,8 @@ import math
 
 import pytest
 
-from franka_rl.config import CONFIG_DIR, ConfigError, config_hash, load_config
+from franka_rl.assemble import config_hash
+from franka_rl.config import CONFIG_DIR, ConfigError, load_config
 
 
 def write(tmp_path, text):

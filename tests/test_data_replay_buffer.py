@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from agent.data import EpisodeStore, ReplayBuffer
 from agent.data.synthetic import synthetic_episode
-from agent.returns import mc_returns, shape_rewards, sparse_failure_return
+from agent.returns import RewardShaping, mc_returns, shape_rewards, sparse_failure_return
 
 SCALE, BIAS, DISCOUNT = 1.0, -1.0, 0.9
 
@@ -19,11 +19,11 @@ def spec(image_size=4):
     return {"state": ((19,), np.float32), "wrist_1": ((image_size, image_size, 3), np.uint8)}
 
 
-def make_buffer(capacity, **kwargs):
-    kwargs.setdefault("reward_scale", SCALE)
-    kwargs.setdefault("reward_bias", BIAS)
-    kwargs.setdefault("discount", DISCOUNT)
-    return ReplayBuffer(spec(), 6, capacity, **kwargs)
+SHAPING = RewardShaping(scale=SCALE, bias=BIAS, discount=DISCOUNT, sparse=True)
+
+
+def make_buffer(capacity, shaping=SHAPING, **kwargs):
+    return ReplayBuffer(spec(), 6, capacity, shaping=shaping, **kwargs)
 
 
 def expected_returns(episode, sparse=True):
@@ -126,7 +126,7 @@ def test_discontinuity_closes_the_open_episode_as_truncated():
 def test_mc_returns_use_the_shaped_reward_not_the_raw_one():
     rng = np.random.default_rng(0)
     episode = synthetic_episode(rng, 10, cameras=("wrist_1",), image_size=4, success=True)
-    buffer = make_buffer(20, reward_scale=1.0, reward_bias=-1.0, discount=0.9)
+    buffer = make_buffer(20, RewardShaping(scale=1.0, bias=-1.0, discount=0.9, sparse=True))
     buffer.add_episode_record(episode)
     got = buffer.all_transitions()["mc_returns"]
     np.testing.assert_allclose(got, [-(1 - 0.9 ** (9 - t)) / (1 - 0.9) for t in range(10)], rtol=1e-5)
@@ -137,7 +137,7 @@ def test_mc_returns_use_the_shaped_reward_not_the_raw_one():
 
 def test_frames_stored_once_per_step():
     buffer = ReplayBuffer({"state": ((19,), np.float32), "wrist_1": ((128, 128, 3), np.uint8),
-                           "wrist_2": ((128, 128, 3), np.uint8)}, 6, 1010)
+                           "wrist_2": ((128, 128, 3), np.uint8)}, 6, 1010, shaping=SHAPING)
     rng = np.random.default_rng(0)
     for i in range(10):
         buffer.add_episode_record(synthetic_episode(rng, 100, image_size=128, success=False, episode_index=i))
@@ -198,10 +198,13 @@ def test_save_load_and_build_from_store(tmp_path):
                 for i, n in enumerate([3, 8, 5])]
     for episode in episodes:
         store.write(episode)
-    buffer = ReplayBuffer.from_store(tmp_path / "eps", 30, reward_scale=SCALE, reward_bias=BIAS, discount=DISCOUNT)
+    buffer = ReplayBuffer.from_store(tmp_path / "eps", 30, shaping=SHAPING)
     check_every_valid_transition(buffer, episodes)
     buffer.save(tmp_path / "buffer.npz")
-    restored = ReplayBuffer.load(tmp_path / "buffer.npz")
+    restored = ReplayBuffer.load(tmp_path / "buffer.npz", shaping=SHAPING)
+    with pytest.raises(ValueError, match="reward shaping"):
+        ReplayBuffer.load(tmp_path / "buffer.npz", shaping=RewardShaping(scale=SCALE, bias=0.0, discount=DISCOUNT,
+                                                                         sparse=True))
     a, b = buffer.all_transitions(), restored.all_transitions()
     for key in ("actions", "rewards", "mc_returns", "masks", "indices"):
         np.testing.assert_array_equal(a[key], b[key])

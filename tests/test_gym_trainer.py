@@ -17,7 +17,9 @@ from agent.data.episodes import Episode, make_metadata
 from agent.gym_env import GymEnvError, agent_observations, make_gym_env, normalize_actions
 from agent.gym_trainer import GymRun, TrainGymError, reward_kind_warning, train_gym
 from agent.metrics import read_metrics
+from agent.returns import RewardShaping
 from agent.sampling import sample_batches
+from franka_rl.assemble import buffer_factory
 from franka_rl.cli import main
 
 TINY = ["agent.network.critic_hidden_dims=[32,32]", "agent.network.actor_hidden_dims=[32,32]",
@@ -72,8 +74,8 @@ def test_discrete_actions_are_refused_with_one_line():
 
 
 def _buffer_with(reward: float, episodes: int = 2, steps: int = 5) -> ReplayBuffer:
-    buffer = ReplayBuffer({"state": ((2,), np.float32)}, 1, 64, reward_scale=2.0, reward_bias=-1.0,
-                          discount=0.9, sparse_reward=False)
+    buffer = ReplayBuffer({"state": ((2,), np.float32)}, 1, 64,
+                          shaping=RewardShaping(scale=2.0, bias=-1.0, discount=0.9, sparse=False))
     for _ in range(episodes):
         buffer.add_episode({"state": np.zeros((steps + 1, 2), np.float32)}, np.zeros((steps, 1)),
                            np.full(steps, reward), np.zeros(steps), np.eye(1, steps, steps - 1)[0])
@@ -99,7 +101,8 @@ def test_rlpd_mixing_takes_the_offline_share_of_every_utd_batch():
     np.testing.assert_array_equal(batches["rewards"], np.tile([1, 1, 0, 0, 0, 0, 0, 0], (3, 1)))
     only_online = sample_batches(online, offline, rng, batch_size=8, groups=2, offline_ratio=0.0)
     assert np.all(only_online["rewards"] == 0.0)
-    empty_online = ReplayBuffer({"state": ((2,), np.float32)}, 1, 16)
+    empty_online = ReplayBuffer({"state": ((2,), np.float32)}, 1, 16,
+                                shaping=RewardShaping(scale=2.0, bias=-1.0, discount=0.9, sparse=False))
     assert np.all(sample_batches(empty_online, offline, rng, 8, 1, 0.5)["rewards"] == 1.0)
 
 
@@ -187,7 +190,7 @@ def test_offline_calql_then_wsrl_fine_tuning(tmp_path):
     run = GymRun(env_id="Pendulum-v1", run_dir=tmp_path / "run", algo="calql", env_steps=100,
                  offline_data=str(data), offline_steps=40, eval_every=20, eval_episodes=1, log_every=20,
                  max_episode_steps=20, progress=False)
-    summary = train_gym(run, cfg, seed=0, log=lambda message: None)
+    summary = train_gym(run, cfg, buffer_factory(cfg), seed=0, log=lambda message: None)
     rows = read_metrics(run.run_dir / "metrics.jsonl")
     offline = [r for r in rows if "offline/critic_loss" in r]
     assert [r["step"] for r in offline] == [20, 40]
@@ -213,15 +216,15 @@ def test_offline_data_that_does_not_fit_the_env_is_refused(tmp_path):
     run = GymRun(env_id="MountainCarContinuous-v0", run_dir=tmp_path / "run", algo="calql", env_steps=0,
                  offline_data=str(data), offline_steps=5, progress=False)
     with pytest.raises(TrainGymError, match="another env"):
-        train_gym(run, cfg, log=lambda message: None)
+        train_gym(run, cfg, buffer_factory(cfg), log=lambda message: None)
     missing = GymRun(env_id="Pendulum-v1", run_dir=tmp_path / "run2", algo="calql", env_steps=0,
                      offline_data="nobody/nothing-v0", offline_steps=5, progress=False)
     with pytest.raises(TrainGymError, match="Minari"):
-        train_gym(missing, cfg, log=lambda message: None)
+        train_gym(missing, cfg, buffer_factory(cfg), log=lambda message: None)
     rlpd_without_ratio = GymRun(env_id="Pendulum-v1", run_dir=tmp_path / "run3", algo="sac",
                                 offline_data=str(data), progress=False)
     with pytest.raises(TrainGymError, match="offline_ratio"):
-        train_gym(rlpd_without_ratio, tiny_config(), log=lambda message: None)
+        train_gym(rlpd_without_ratio, tiny_config(), buffer_factory(tiny_config()), log=lambda message: None)
 
 
 def test_rlpd_preset_mixes_offline_data_from_the_first_step(tmp_path):
@@ -258,7 +261,7 @@ def test_ctrl_c_keeps_a_checkpoint_and_the_metrics(tmp_path):
     run = GymRun(env_id="InterruptedPendulumTest-v0", run_dir=tmp_path / "run", env_steps=100, random_steps=100,
                  max_episode_steps=10, progress=False)
     with pytest.raises(KeyboardInterrupt):
-        train_gym(run, tiny_config(), log=lambda message: None)
+        train_gym(run, tiny_config(), buffer_factory(tiny_config()), log=lambda message: None)
     assert AgentCheckpointer(run.run_dir / "checkpoints").all_steps() == [29]
     rows = read_metrics(run.run_dir / "metrics.jsonl")
     assert [r["step"] for r in rows if "train_episode/return" in r] == [10, 20]

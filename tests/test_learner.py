@@ -8,7 +8,7 @@ import pytest
 
 from agent.core import act, create_agent
 from agent.data.episodes import EpisodeRecorder, EpisodeStore, make_metadata
-from agent.learner import Learner, LearnerError, example_observation, observation_spec_from_config
+from agent.learner import LearnerError
 from agent.param_sync import (
     apply_acting_params,
     backbone_digest,
@@ -18,6 +18,7 @@ from agent.param_sync import (
 from agent.sac import learner_step
 from agent.transport.protocol import TransitionChunk
 from agent.transport.server import Delivery
+from franka_rl.assemble import build_env, build_learner, example_observation, observation_spec
 from franka_rl.config import load_config
 
 STATE_DIM, ACTION_DIM = 19, 6
@@ -32,17 +33,19 @@ def config(tmp_path, *extra):
 
 
 def make_learner(cfg, **kw):
-    return Learner(cfg, report=lambda message: None, **kw)
+    return build_learner(cfg, report=lambda message: None, **kw)
 
 
-def chunk(episode, step, steps, end=False, seed=0):
+def chunk(episode, step, steps, end=False, seed=0, rewards=None, success=None):
     rng = np.random.default_rng(1000 * episode + step + seed)
     terminated = np.zeros(steps, bool)
     terminated[-1] = end
     first = {"state": rng.normal(size=STATE_DIM).astype(np.float32)} if step == 0 else None
+    rewards = np.zeros(steps, np.float32) if rewards is None else np.asarray(rewards, np.float32)
+    success = np.zeros(steps, bool) if success is None else np.asarray(success, bool)
     return TransitionChunk(episode, step, rng.uniform(-1, 1, (steps, ACTION_DIM)).astype(np.float32),
-                           np.zeros(steps, np.float32), terminated, np.zeros(steps, bool), np.zeros(steps, bool),
-                           np.zeros(steps, bool), {"state": rng.normal(size=(steps, STATE_DIM)).astype(np.float32)},
+                           rewards, terminated, np.zeros(steps, bool), np.zeros(steps, bool),
+                           success, {"state": rng.normal(size=(steps, STATE_DIM)).astype(np.float32)},
                            first)
 
 
@@ -54,7 +57,7 @@ def test_spec_from_config_matches_the_twin(tmp_path):
     import sim
 
     cfg = config(tmp_path, "env.cameras=[wrist_1]", "env.image_height=32", "env.image_width=32")
-    spec, action_dim = observation_spec_from_config(cfg)
+    spec, action_dim = observation_spec(cfg)
     env = sim.make_env(cfg)
     try:
         assert {k: (tuple(s.shape), s.dtype) for k, s in env.observation_space.spaces.items()} == spec
@@ -175,7 +178,7 @@ def test_acting_params_travel_without_the_frozen_backbone_and_act_identically(tm
 
 
 def test_example_observation_fits_the_spec(tmp_path):
-    spec, _ = observation_spec_from_config(config(tmp_path, "env.cameras=[wrist_1,wrist_2]"))
+    spec, _ = observation_spec(config(tmp_path, "env.cameras=[wrist_1,wrist_2]"))
     example = example_observation(spec)
     assert example["wrist_2"].shape == (128, 128, 3) and example["wrist_2"].dtype == np.uint8
 
@@ -201,7 +204,7 @@ def test_starts_from_a_pretrained_checkpoint_in_warmup(tmp_path):
     from agent.checkpoint import save_agent
 
     cfg = config(tmp_path)
-    spec, action_dim = observation_spec_from_config(cfg)
+    spec, action_dim = observation_spec(cfg)
     pretrained = create_agent(cfg.agent, example_observation(spec), action_dim, seed=123)
     save_agent(tmp_path / "pretrain", 7, pretrained, cfg.agent)
     learner = make_learner(cfg, pretrained_dir=str(tmp_path / "pretrain"))
@@ -213,10 +216,9 @@ def test_starts_from_a_pretrained_checkpoint_in_warmup(tmp_path):
 
 
 def test_actor_env_gets_interventions_and_the_classifier_when_configured(tmp_path):
-    from agent.actor import build_env
     from teleop.intervention import InterventionWrapper
 
-    env = build_env(config(tmp_path, "actor.intervention=true", "teleop.device=none"))
+    env = build_env(config(tmp_path, "actor.intervention=true", "teleop.device=none"), "actor")
     try:
         assert isinstance(env, InterventionWrapper)
         env.reset(seed=0)
@@ -227,4 +229,43 @@ def test_actor_env_gets_interventions_and_the_classifier_when_configured(tmp_pat
     from reward_classifier.saved_model import ClassifierLoadError
 
     with pytest.raises(ClassifierLoadError):
-        build_env(config(tmp_path, "classifier.enabled=true", f"classifier.model_dir={tmp_path / 'none'}"))
+        build_env(config(tmp_path, "classifier.enabled=true", f"classifier.model_dir={tmp_path / 'none'}"), "actor")
+
+
+def test_the_learner_buffer_computes_g_on_the_agent_shaped_reward(tmp_path):
+    """G of what the learner stores is on r' = scale * r + bias with the agent's discount: a failed
+    sparse episode gets r'_neg / (1 - gamma), a success the discounted sum of r' (ALGORITHMS.md)."""
+    cfg = config(tmp_path, "agent.reward.scale=1.0", "agent.reward.bias=-1.0", "agent.sac.discount=0.9")
+    learner = make_learner(cfg)
+    assert deliver(learner, "a0/x", 1, chunk(0, 0, 3, end=True))  # rewards 0: a failure
+    assert deliver(learner, "a0/x", 2, chunk(1, 0, 3, end=True, rewards=[0, 0, 1]))  # success at the end
+    returns = learner.buffer.all_transitions()["mc_returns"]
+    np.testing.assert_allclose(returns[:3], -1.0 / (1 - 0.9), rtol=1e-6)
+    np.testing.assert_allclose(returns[3:], [-1 - 0.9, -1.0, 0.0], rtol=1e-6)
+    learner.server.close()
+
+
+def test_g_follows_the_reward_stream_not_the_env_success_flag(tmp_path):
+    """Behind a reward classifier the actor's rewards and the env's `success` disagree. G must
+    describe the rewards the critic trains on: a classifier false positive (reward 1, success
+    False) is a success episode; a missed success (reward 0, success True) is a failure."""
+    cfg = config(tmp_path, "agent.reward.bias=-1.0", "agent.sac.discount=0.9")
+    learner = make_learner(cfg)
+    false_positive = chunk(0, 0, 2, end=True, rewards=[0, 1], success=[False, False])
+    missed_success = chunk(1, 0, 2, end=True, rewards=[0, 0], success=[False, True])
+    assert deliver(learner, "a0/x", 1, false_positive)
+    assert deliver(learner, "a0/x", 2, missed_success)
+    returns = learner.buffer.all_transitions()["mc_returns"]
+    np.testing.assert_allclose(returns[:2], [-1.0, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(returns[2:], -1.0 / (1 - 0.9), rtol=1e-6)
+    learner.server.close()
+
+
+def test_a_resumed_buffer_saved_under_another_reward_shaping_is_refused(tmp_path):
+    cfg = config(tmp_path, "agent.reward.bias=-1.0")
+    learner = make_learner(cfg)
+    assert deliver(learner, "a0/x", 1, chunk(0, 0, 3, end=True))
+    learner.checkpoint()
+    learner.server.close()
+    with pytest.raises(LearnerError, match="reward shaping"):
+        make_learner(config(tmp_path, "agent.reward.bias=0.0"))

@@ -10,7 +10,8 @@ which keeps the open episode aside until it ends), so:
 - only transitions of completed episodes are sampled, and never one whose next slot belongs to
   another episode (`valid` marks the slots that start a usable transition);
 - the Monte-Carlo return G of every step is computed once, at completion, on the agent's shaped
-  reward r' = scale * r + bias with `agent.returns` (the same function the agent tests), and it
+  reward r' = scale * r + bias with the buffer's `RewardShaping` (built from the agent's own
+  settings by the composition root; there is no default), from the raw rewards alone, and it
   stays correct when the ring later overwrites the start of that episode: G_t depends only on
   steps >= t, which were all present when it was computed; overwriting a slot invalidates the
   transition stored there and the one just before it.
@@ -33,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from agent.data.episodes import Episode, EpisodeStore
-from agent.returns import mc_returns, shape_rewards, sparse_failure_return
+from agent.returns import RewardShaping
 
 FEATURES_SUFFIX = "_features"
 FeatureFn = Callable[[np.ndarray], np.ndarray]
@@ -54,7 +55,6 @@ class _OpenEpisode:
     terminated: list[bool] = field(default_factory=list)
     truncated: list[bool] = field(default_factory=list)
     intervened: list[bool] = field(default_factory=list)
-    success: list[bool] = field(default_factory=list)
 
 
 class ReplayBuffer:
@@ -66,10 +66,7 @@ class ReplayBuffer:
         action_dim: int,
         capacity: int,
         *,
-        reward_scale: float = 1.0,
-        reward_bias: float = 0.0,
-        discount: float = 0.99,
-        sparse_reward: bool = True,
+        shaping: RewardShaping,
         feature_fn: FeatureFn | None = None,
         feature_keys: Iterable[str] | None = None,
         feature_batch_size: int = 256,
@@ -81,11 +78,9 @@ class ReplayBuffer:
         }
         self.action_dim = int(action_dim)
         self.capacity = int(capacity)
-        self.reward_scale = float(reward_scale)
-        self.reward_bias = float(reward_bias)
-        self.discount = float(discount)
-        self.sparse_reward = bool(sparse_reward)
-        self._failure_return = sparse_failure_return(reward_scale, reward_bias, discount)
+        if not isinstance(shaping, RewardShaping):
+            raise TypeError(f"shaping must be a RewardShaping, got {type(shaping).__name__}")
+        self.shaping = shaping
 
         c = self.capacity
         self._obs = {k: np.zeros((c, *shape), dtype) for k, (shape, dtype) in self.observation_spec.items()}
@@ -204,11 +199,11 @@ class ReplayBuffer:
         terminated: np.ndarray,
         truncated: np.ndarray,
         intervened: np.ndarray | None = None,
-        success: np.ndarray | None = None,
     ) -> None:
         """Add one complete episode: observations (T+1, ...) per key, the rest (T, ...).
 
-        `success` (per step) decides whether a sparse episode succeeded; default: a raw reward > 0.
+        Whether a sparse episode succeeded is read off `rewards` (the stream the critic trains
+        on), not off any success flag the env reported.
         """
         rewards = np.asarray(rewards, np.float32).reshape(-1)
         steps = rewards.shape[0]
@@ -229,10 +224,7 @@ class ReplayBuffer:
             if np.shape(value) != (steps + 1, *shape):
                 raise ValueError(f"observation '{key}' has shape {np.shape(value)}, expected {(steps + 1, *shape)}")
 
-        shaped = shape_rewards(rewards, self.reward_scale, self.reward_bias)
-        hit = rewards > 0 if success is None else np.asarray(success, bool).reshape(-1)
-        failed = self.sparse_reward and not bool(hit.any())
-        returns = mc_returns(shaped, terminated, self.discount, self._failure_return if failed else None)
+        returns = self.shaping.episode_returns(rewards, terminated)
 
         slots = (self._cursor + np.arange(steps + 1)) % self.capacity
         # The old transition just before the first overwritten slot loses its next observation.
@@ -265,7 +257,7 @@ class ReplayBuffer:
         """Add an `Episode` loaded from an episode store."""
         self.add_episode(
             episode.observations, episode.actions, episode.rewards, episode.terminated,
-            episode.truncated, episode.intervened, episode.info.get("success"),
+            episode.truncated, episode.intervened,
         )
 
     def insert(
@@ -277,7 +269,6 @@ class ReplayBuffer:
         terminated: bool,
         truncated: bool,
         intervened: bool = False,
-        success: bool | None = None,
         *,
         stream: Any = 0,
     ) -> None:
@@ -299,7 +290,6 @@ class ReplayBuffer:
         open_episode.terminated.append(bool(terminated))
         open_episode.truncated.append(bool(truncated))
         open_episode.intervened.append(bool(intervened))
-        open_episode.success.append(bool(reward > 0) if success is None else bool(success))
         if terminated or truncated:
             self._commit(stream)
 
@@ -316,7 +306,7 @@ class ReplayBuffer:
             {k: np.stack([o[k] for o in episode.observations]) for k in episode.observations[0]},
             np.stack(episode.actions), np.array(episode.rewards, np.float32),
             np.array(episode.terminated), np.array(episode.truncated),
-            np.array(episode.intervened), np.array(episode.success),
+            np.array(episode.intervened),
         )
 
     # ------------------------------------------------------------------ sampling
@@ -352,7 +342,7 @@ class ReplayBuffer:
             "observations": self._observations_at(slots, frames),
             "next_observations": self._observations_at(next_slots, frames),
             "actions": self._actions[slots],
-            "rewards": shape_rewards(raw, self.reward_scale, self.reward_bias),
+            "rewards": self.shaping.shape(raw),
             "raw_rewards": raw,
             "masks": (1.0 - terminated).astype(np.float32),
             "dones": terminated | truncated,
@@ -391,12 +381,11 @@ class ReplayBuffer:
             valid=self._valid[:used], episode_ids=self._episode_ids[:used],
         )
         header = {
-            "format": "franka_rl.replay_buffer", "version": 1,
+            "format": "franka_rl.replay_buffer", "version": 2,
             "capacity": self.capacity, "action_dim": self.action_dim,
             "cursor": self._cursor, "slots_written": self._slots_written,
             "episodes_added": self._episodes_added,
-            "reward_scale": self.reward_scale, "reward_bias": self.reward_bias,
-            "discount": self.discount, "sparse_reward": self.sparse_reward,
+            "shaping": self.shaping.as_dict(),
             "observation_spec": {k: [list(s), d.str] for k, (s, d) in self.observation_spec.items()},
         }
         arrays["header"] = np.array(json.dumps(header))
@@ -409,12 +398,12 @@ class ReplayBuffer:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, feature_fn: FeatureFn | None = None,
+    def load(cls, path: str | os.PathLike, *, shaping: RewardShaping, feature_fn: FeatureFn | None = None,
              feature_keys: Iterable[str] | None = None) -> ReplayBuffer:
-        """Load a buffer written by `save`; its reward shaping and discount come with it.
+        """Load a buffer written by `save` for an agent that shapes rewards with `shaping`.
 
-        MC returns are stored, so a buffer saved under other scale/bias/discount keeps them:
-        rebuild it from the episode store to change them."""
+        MC returns are stored, so a buffer saved under another shaping would hand the critic
+        returns on the wrong reward: that is refused (rebuild it from the episode store)."""
         path = Path(path)
         try:
             with np.load(path, allow_pickle=False) as npz:
@@ -425,10 +414,14 @@ class ReplayBuffer:
         if header.get("format") != "franka_rl.replay_buffer":
             raise ValueError(f"{path} is not a saved replay buffer")
         spec = {k: (tuple(s), np.dtype(d)) for k, (s, d) in header["observation_spec"].items()}
-        buffer = cls(spec, header["action_dim"], header["capacity"],
-                     reward_scale=header["reward_scale"], reward_bias=header["reward_bias"],
-                     discount=header["discount"], sparse_reward=header["sparse_reward"],
-                     feature_keys=feature_keys)
+        saved = header.get("shaping") or {  # version 1 kept the four settings at the top level
+            "scale": header["reward_scale"], "bias": header["reward_bias"],
+            "discount": header["discount"], "sparse": header["sparse_reward"]}
+        if RewardShaping(**saved) != shaping:
+            raise ValueError(f"replay buffer file {path} holds returns computed with reward shaping {saved}, but "
+                             f"the agent now uses {shaping.as_dict()}; restore the old agent.reward/agent.sac."
+                             "discount settings or rebuild the buffer from the episode store")
+        buffer = cls(spec, header["action_dim"], header["capacity"], shaping=shaping, feature_keys=feature_keys)
         used = data["actions"].shape[0]
         for key in buffer._obs:
             buffer._obs[key][:used] = data[f"obs/{key}"]
@@ -450,3 +443,21 @@ class ReplayBuffer:
 
 def _same_observation(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> bool:
     return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@dataclass(frozen=True)
+class BufferFactory:
+    """Makes and loads replay buffers with one reward shaping bound: what the composition root
+    hands a trainer, so that every buffer it sizes computes G on the agent's own reward."""
+
+    shaping: RewardShaping
+
+    def __call__(self, observation_spec: Mapping[str, tuple[tuple[int, ...], Any]], action_dim: int,
+                 capacity: int, **kwargs: Any) -> ReplayBuffer:
+        return ReplayBuffer(observation_spec, action_dim, capacity, shaping=self.shaping, **kwargs)
+
+    def from_episodes(self, episodes: Iterable[Episode], capacity: int, **kwargs: Any) -> ReplayBuffer:
+        return ReplayBuffer.from_episodes(episodes, capacity, shaping=self.shaping, **kwargs)
+
+    def load(self, path: str | os.PathLike, **kwargs: Any) -> ReplayBuffer:
+        return ReplayBuffer.load(path, shaping=self.shaping, **kwargs)

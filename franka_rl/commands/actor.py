@@ -35,17 +35,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agent.actor import Actor, build_env, install_stop_handlers
+    from agent.stop_signals import install_stop_handlers
+    from franka_rl.assemble import build_actor, build_env
     from franka_rl.commands.learner import start_online_process
     from franka_rl.config import load_config
     from teleop.recording import StatusLine
 
     start_online_process()
     cfg = load_config(args.config, args.overrides)
-    env = build_env(cfg)
+    env = build_env(cfg, "actor")
     try:
-        actor = Actor(cfg, env)
-        install_stop_handlers(actor)
+        actor = build_actor(cfg, env)
+        install_stop_handlers(actor.request_stop)
         stats = actor.run(StatusLine(interval_s=cfg.actor.status_interval_s))
     finally:
         env.close()

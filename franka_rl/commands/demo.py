@@ -78,12 +78,13 @@ def run_expert_preview(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     import sim
+    from franka_rl.assemble import build_env
     from robot_env.media import contact_sheet, save_png, side_by_side, write_video
 
     output = Path(args.out) / "preview"
     output.mkdir(parents=True, exist_ok=True)
     cameras = list(cfg.env.cameras)
-    env = sim.make_env(cfg)
+    env = build_env(cfg, "record-demos")
     expert = sim.PegInsertionExpert(env, noise=args.noise, seed=cfg.seed)
 
     video_frames: list[np.ndarray] = []

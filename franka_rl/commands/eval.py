@@ -47,25 +47,12 @@ def checkpoint_directory(path: Path) -> Path:
                     "or its checkpoints/ folder")
 
 
-def build_env(cfg, render: bool):
-    """The twin in sim mode (the overview camera renders when there are no wrist cameras), the arm in real mode."""
-    if cfg.mode == "sim":
-        import sim
-
-        return sim.make_env(cfg, render_mode="rgb_array" if render else None)
-    from robot_env.real import make_real_env
-
-    return make_real_env(cfg)
-
-
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from agent.checkpoint import AgentCheckpointer
-    from agent.core import create_agent
     from agent.data.episodes import EpisodeStore, make_metadata
     from agent.evaluation import contact_sheet_rows, evaluate, policy_fn, spread_reset_offsets
-    from franka_rl.config import config_hash, load_config
+    from franka_rl.assemble import build_agent, build_env, config_hash
+    from franka_rl.config import load_config
     from robot_env.media import contact_sheet, save_png, write_video
 
     overrides = list(args.overrides)
@@ -83,11 +70,9 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     cameras = list(cfg.env.cameras)
-    env = build_env(cfg, render=not cameras and cfg.eval.video_episodes > 0)
+    env = build_env(cfg, "eval", render=not cameras and cfg.eval.video_episodes > 0)
     try:
-        # Shapes from the observation space: no reset move just to build the template.
-        example = {k: np.zeros(space.shape, space.dtype) for k, space in env.observation_space.spaces.items()}
-        template = create_agent(cfg.agent, example, int(np.prod(env.action_space.shape)), seed=cfg.seed)
+        template = build_agent(cfg, env)  # shapes from the spaces: no reset move just for a template
         checkpointer = AgentCheckpointer(checkpoints, max_to_keep=None)
         agent, _ = checkpointer.restore(template, args.step, cfg.agent)
         step = args.step if args.step is not None else checkpointer.latest_step()

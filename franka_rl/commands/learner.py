@@ -63,14 +63,15 @@ def start_online_process() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agent.learner import Learner, install_stop_handlers
+    from agent.stop_signals import install_stop_handlers
+    from franka_rl.assemble import build_learner
     from franka_rl.config import load_config
     from teleop.recording import StatusLine
 
     start_online_process()
     cfg = load_config(args.config, args.overrides)
-    learner = Learner(cfg, pretrained_dir=args.pretrained, offline_dirs=args.offline_data)
-    install_stop_handlers(learner)
+    learner = build_learner(cfg, pretrained_dir=args.pretrained, offline_dirs=args.offline_data)
+    install_stop_handlers(learner.request_stop)
     counters = learner.run(StatusLine(interval_s=cfg.learner.status_interval_s))
     print(f"learner stopped after {counters.steps} learner steps; {learner.online_transitions} transitions stored "
           f"({counters.duplicates} duplicates dropped); last checkpoint {learner.checkpointer.latest_step()} in "

@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
         pretrain,
         validate_pretrain_config,
     )
-    from franka_rl.config import config_hash, load_config
+    from franka_rl.assemble import buffer_factory, config_hash
+    from franka_rl.config import load_config
 
     data, extra_overrides = split_data_and_overrides(args.data)
     if not data:
@@ -71,6 +72,11 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides, default_preset="wsrl")
     out = Path(args.out) if args.out else Path(cfg.output_dir) / "pretrain"
     validate_pretrain_config(cfg.agent, cfg.pretrain)  # before reading a possibly large dataset
+    from agent.devices import use_device
+    from franka_rl.assemble import warn_random_backbone
+
+    print(f"pretrain: {use_device(cfg.pretrain.device, 'pretrain.device')}", flush=True)
+    warn_random_backbone(cfg, print)
 
     dataset = load_offline_episodes(data, trust_pickle=args.trust_pickle)
     skipped = f", skipped {len(dataset.skipped)} corrupt file(s)" if dataset.skipped else ""
@@ -78,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
           f"{dataset.successes} successful{skipped}")
     run_info = {"agent_preset": cfg.agent_preset, "config": args.config or "configs/peg_insertion_sim.yaml",
                 "overrides": overrides, "config_hash": config_hash(cfg), "seed": cfg.seed}
-    summary = pretrain(cfg.agent, cfg.pretrain, dataset, out, seed=cfg.seed, progress=not args.no_progress,
+    summary = pretrain(cfg.agent, cfg.pretrain, dataset, out, new_buffer=buffer_factory(cfg.agent), seed=cfg.seed,
+                       progress=not args.no_progress,
                        run_info=run_info)
     calibration = summary["calibration"]
     print(f"{summary['algorithm']} ({cfg.agent_preset}): {summary['steps']} steps in {summary['elapsed_s']:.0f} s "

@@ -40,7 +40,8 @@ def load_recording_config(args: argparse.Namespace):
     if getattr(args, "device", None):
         overrides.append(f"teleop.device={args.device}")
     cfg = load_config(args.config, overrides)
-    from teleop.devices import DEVICE_CHOICES, DeviceError
+    from teleop.devices import DeviceError
+    from teleop.registry import DEVICE_CHOICES
 
     if cfg.teleop.device not in DEVICE_CHOICES:  # before building an env or touching the robot
         raise DeviceError(f"teleop.device must be one of {DEVICE_CHOICES}, got '{cfg.teleop.device}'")
@@ -50,30 +51,9 @@ def load_recording_config(args: argparse.Namespace):
     return cfg
 
 
-def build_env(cfg):
-    """The env a recording drives: the twin in sim mode, the arm in real mode."""
-    if cfg.mode == "sim":
-        import sim
-
-        return sim.make_env(cfg)
-    import robot_env
-
-    make_real_env = getattr(robot_env, "make_real_env", None)
-    if make_real_env is None:
-        raise UserError("mode=real needs robot_env.make_real_env (the franky backend), which this "
-                        "installation does not provide; record in the twin with mode=sim")
-    return make_real_env(cfg)
-
-
-def open_device(cfg, env):
-    from teleop.devices import make_device
-
-    return make_device(cfg.teleop, action_frame=cfg.env.action_frame, env=env, seed=cfg.seed)
-
-
 def recording_metadata(cfg, purpose: str) -> dict:
     from agent.data.episodes import make_metadata
-    from franka_rl.config import config_hash
+    from franka_rl.assemble import config_hash
 
     return make_metadata(
         task=cfg.task.name, source="teleop", config_hash=config_hash(cfg), mode=cfg.mode,
@@ -84,6 +64,7 @@ def recording_metadata(cfg, purpose: str) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from agent.data.episodes import EpisodeStore
+    from franka_rl.assemble import build_device, build_env
     from teleop.recording import StatusLine, record_demos
 
     cfg = load_recording_config(args)
@@ -93,8 +74,12 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out or cfg.record.demos_dir or Path(cfg.output_dir) / "demos")
     store = EpisodeStore(out, create=True)
     already = len(store)
-    env = build_env(cfg)
-    device = open_device(cfg, env)
+    env = build_env(cfg, "record-demos")
+    try:
+        device = build_device(cfg, env)
+    except BaseException:
+        env.close()
+        raise
     try:
         stats = record_demos(
             env, device, store,

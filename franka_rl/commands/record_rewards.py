@@ -36,12 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from agent.data.episodes import EpisodeStore
-    from franka_rl.commands.record_demos import (
-        build_env,
-        load_recording_config,
-        open_device,
-        recording_metadata,
-    )
+    from franka_rl.assemble import build_device, build_env
+    from franka_rl.commands.record_demos import load_recording_config, recording_metadata
     from teleop.recording import StatusLine, record_reward_frames
 
     cfg = load_recording_config(args)
@@ -50,8 +46,12 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out or cfg.record.rewards_dir or Path(cfg.output_dir) / "reward_frames")
     store = EpisodeStore(out, create=True)
     already = len(store)
-    env = build_env(cfg)
-    device = open_device(cfg, env)
+    env = build_env(cfg, "record-rewards")
+    try:
+        device = build_device(cfg, env)
+    except BaseException:
+        env.close()
+        raise
     try:
         stats = record_reward_frames(
             env, device, store,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from franka_rl.assemble import config_hash
 from franka_rl.cli import add_config_arguments
-from franka_rl.config import config_hash, load_config, to_yaml
+from franka_rl.config import load_config, to_yaml
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

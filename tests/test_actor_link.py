@@ -1,0 +1,46 @@
+"""An actor whose learner does not answer says so in words, within seconds, naming the address
+and what to check, and takes no step meanwhile (the arm holds its pose)."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from agent.transport.security import TransportError
+from franka_rl.assemble import build_actor, build_env
+from franka_rl.config import load_config
+
+
+def unused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_unreachable_learner_is_reported_with_its_address_and_what_to_check(tmp_path):
+    port = unused_port()
+    cfg = load_config(None, [
+        "env.cameras=[]", f"output_dir={tmp_path}", "transport.host=127.0.0.45", f"transport.port={port}",
+        "actor.first_params_timeout_s=7", "agent.network.critic_hidden_dims=[16]",
+        "agent.network.actor_hidden_dims=[16]", "agent.network.num_critics=2", "agent.encoder.proprio_dim=0"])
+    env = build_env(cfg, "actor")
+    lines: list[tuple[float, str]] = []
+    started = time.monotonic()
+    steps = []
+    original_step = env.step
+    env.step = lambda action: steps.append(action) or original_step(action)
+    try:
+        actor = build_actor(cfg, env, report=lambda line: lines.append((time.monotonic() - started, line)))
+        with pytest.raises(TransportError, match="no parameters from the learner"):
+            actor.run()
+    finally:
+        env.close()
+    reports = [(t, line) for t, line in lines if "no answer from the learner" in line]
+    assert reports, lines
+    connecting_at = next(t for t, line in lines if "connecting to" in line)
+    first_at, text = reports[0]
+    assert first_at - connecting_at < 7.0
+    assert f"tcp://127.0.0.45:{port}" in text and "bind_host" in text and "firewall" in text
+    assert "holds its pose" in text and steps == []
