@@ -7,12 +7,13 @@ The tree hangs under the root config as `agent:` (see franka_rl/config.py), and 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
-from robot_env.errors import UserError
+from robot_env.errors import ConfigError
 
 _ACTIVATIONS = ("tanh", "relu", "gelu", "swish", "elu")
-_BACKBONES = ("resnet10", "resnet18", "resnet34")
+BACKBONES = ("resnet10", "resnet18", "resnet34")
 
 
 @dataclass
@@ -145,20 +146,53 @@ class AgentConfig:
     online: OnlineConfig = field(default_factory=OnlineConfig)
 
 
-class AgentConfigError(UserError, ValueError):
+class AgentConfigError(ConfigError):
     """An agent setting that cannot work; the message names the key."""
+
+
+def _learning_rate(key: str, value: float) -> tuple[bool, str]:
+    # An optimiser takes a negative or NaN rate without complaint and then climbs the loss or
+    # fills the parameters with NaN, so a bad rate must stop the run before it starts.
+    return math.isfinite(value) and value > 0, f"agent.{key} must be a finite number > 0, got {value}"
+
+
+def _dims(key: str, dims: list[int]) -> tuple[bool, str]:
+    return bool(dims) and all(d >= 1 for d in dims), f"agent.{key} must be a non-empty list of sizes >= 1, got {list(dims)}"
 
 
 def validate_agent_config(cfg: AgentConfig) -> None:
     """Raise AgentConfigError naming the first key whose value cannot work."""
     net, enc, sac, cql, online = cfg.network, cfg.encoder, cfg.sac, cfg.cql, cfg.online
     checks = [
+        (math.isfinite(cfg.reward.scale) and cfg.reward.scale != 0,
+         f"agent.reward.scale must be a finite non-zero number, got {cfg.reward.scale}"),
+        (math.isfinite(cfg.reward.bias), f"agent.reward.bias must be finite, got {cfg.reward.bias}"),
+        _learning_rate("sac.actor_lr", sac.actor_lr),
+        _learning_rate("sac.critic_lr", sac.critic_lr),
+        _learning_rate("sac.temperature_lr", sac.temperature_lr),
+        _learning_rate("cql.alpha_lr", cql.alpha_lr),
+        _dims("network.critic_hidden_dims", net.critic_hidden_dims),
+        _dims("network.actor_hidden_dims", net.actor_hidden_dims),
+        (min(net.residual_width, net.residual_block_width) >= 1 and net.residual_blocks >= 0,
+         "agent.network.residual_width and residual_block_width must be >= 1, residual_blocks >= 0"),
+        (bool(enc.state_key), "agent.encoder.state_key must not be empty"),
+        (enc.augment_pad >= 0, f"agent.encoder.augment_pad must be >= 0, got {enc.augment_pad}"),
+        (enc.spatial_features >= 1, f"agent.encoder.spatial_features must be >= 1, got {enc.spatial_features}"),
+        (0.0 <= enc.image_dropout < 1.0, f"agent.encoder.image_dropout must be in [0, 1), got {enc.image_dropout}"),
+        (enc.image_head_dim >= 1, f"agent.encoder.image_head_dim must be >= 1, got {enc.image_head_dim}"),
+        (enc.proprio_dim >= 0, f"agent.encoder.proprio_dim must be >= 0 (0 = raw state), got {enc.proprio_dim}"),
+        (math.isfinite(sac.target_entropy_scale) and sac.target_entropy_scale >= 0,
+         f"agent.sac.target_entropy_scale must be finite and >= 0, got {sac.target_entropy_scale}"),
+        (math.isfinite(cql.alpha) and cql.alpha >= 0, f"agent.cql.alpha must be finite and >= 0, got {cql.alpha}"),
+        (math.isfinite(cql.target_action_gap), f"agent.cql.target_action_gap must be finite, got {cql.target_action_gap}"),
+        (math.isfinite(online.cql_alpha) and online.cql_alpha >= 0,
+         f"agent.online.cql_alpha must be finite and >= 0, got {online.cql_alpha}"),
         (net.critic_arch in ("mlp", "residual"), "agent.network.critic_arch must be 'mlp' or 'residual'"),
         (net.actor_arch in ("mlp", "residual"), "agent.network.actor_arch must be 'mlp' or 'residual'"),
         (net.activation in _ACTIVATIONS, f"agent.network.activation must be one of {_ACTIVATIONS}"),
         (net.num_critics >= 1, "agent.network.num_critics must be >= 1"),
         (0 < net.std_min < net.std_max, "agent.network.std_min must be in (0, std_max)"),
-        (enc.backbone in _BACKBONES, f"agent.encoder.backbone must be one of {_BACKBONES}"),
+        (enc.backbone in BACKBONES, f"agent.encoder.backbone must be one of {BACKBONES}"),
         (0.0 <= sac.discount < 1.0, "agent.sac.discount must be in [0, 1)"),
         (0.0 < sac.tau <= 1.0, "agent.sac.tau must be in (0, 1]"),
         (1 <= sac.critic_subsample <= net.num_critics,

@@ -22,8 +22,8 @@ import numpy as np
 
 from agent.core import Agent, act
 from agent.data.episodes import EpisodeRecorder, EpisodeStore
+from agent.offline_config import SPREADS
 
-SPREADS = ("lhs", "random")
 PolicyFn = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from robot_env.errors import ConfigError
+
 
 @dataclass
 class PretrainConfig:
@@ -42,3 +44,28 @@ class EvalConfig:
     spread: str = "lhs"
     # Episodes written into the video (wrist cameras side by side).
     video_episodes: int = 4
+
+
+# How eval spreads initial poses (agent.evaluation reads it from here: it imports JAX, a config must not).
+SPREADS = ("lhs", "random")
+
+
+def validate_offline_config(pretrain: PretrainConfig, evaluation: EvalConfig) -> None:
+    """Raise ConfigError naming the first `pretrain.*` or `eval.*` value that cannot work."""
+    checks = [
+        (pretrain.steps >= 1, "pretrain.steps must be >= 1"),
+        (pretrain.utd >= 1, "pretrain.utd must be >= 1"),
+        (pretrain.holdout_episodes >= 0, "pretrain.holdout_episodes must be >= 0"),
+        (pretrain.plot_episodes >= 0, "pretrain.plot_episodes must be >= 0"),
+        (pretrain.log_every >= 1, "pretrain.log_every must be >= 1"),
+        (pretrain.checkpoint_every >= 1, "pretrain.checkpoint_every must be >= 1"),
+        (pretrain.keep_checkpoints >= 1, "pretrain.keep_checkpoints must be >= 1"),
+        (pretrain.buffer_capacity == 0 or pretrain.buffer_capacity >= 2,
+         "pretrain.buffer_capacity must be 0 (fit the dataset) or >= 2"),
+        (evaluation.episodes >= 1, f"eval.episodes must be >= 1, got {evaluation.episodes}"),
+        (evaluation.spread in SPREADS, f"eval.spread must be one of {SPREADS}, got '{evaluation.spread}'"),
+        (evaluation.video_episodes >= 0, f"eval.video_episodes must be >= 0, got {evaluation.video_episodes}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)

@@ -134,6 +134,19 @@ def _load_source(source: str, trust_pickle: bool, report: Callable[[str], None],
         return []
 
 
+def check_image_size(episodes: Sequence[Episode], image_keys: Sequence[str], height: int, width: int) -> None:
+    """Refuse data whose frames differ from the env's image size, before any compute: a policy
+    trained on them would meet differently sized frames online (or fail in the encoder)."""
+    for index, episode in enumerate(episodes):
+        for key in image_keys:
+            frames = episode.observations.get(key)
+            if frames is not None and tuple(frames.shape[1:3]) != (height, width):
+                found = "x".join(str(n) for n in frames.shape[1:3])
+                raise DatasetError(f"camera '{key}' in episode {index} is {found} (height x width) but "
+                                   f"env.image_height/width are {height}x{width}: record at the env's size or "
+                                   f"set env.image_height={frames.shape[1]} env.image_width={frames.shape[2]}")
+
+
 def split_holdout(episodes: Sequence[Episode], count: int) -> tuple[list[Episode], list[Episode]]:
     """(training, held out): `count` episodes evenly spaced through the recorded order are held out,
     never all of them (at least one episode trains)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from robot_env.errors import UserError
+from robot_env.errors import ConfigError
 
 ON_LEARNER_LOSS = ("continue", "finish_episode")
 
@@ -93,13 +93,18 @@ class LearnerConfig:
     device: str = "auto"
 
 
-class ProcessConfigError(UserError, ValueError):
+class ProcessConfigError(ConfigError):
     """A transport, actor or learner setting that cannot work; the message names the key."""
 
 
 def validate_process_config(transport: TransportConfig, actor: ActorConfig | None = None,
-                            learner: LearnerConfig | None = None) -> None:
+                            learner: LearnerConfig | None = None,
+                            max_episode_steps: int | None = None) -> None:
+    """Raise ProcessConfigError naming the first key that cannot work. With `max_episode_steps`
+    (task.max_episode_steps), also check that the learner's buffer holds a whole episode."""
     checks = [
+        (bool(transport.host), "transport.host must not be empty"),
+        (bool(transport.bind_host), "transport.bind_host must not be empty ('127.0.0.1' or '*')"),
         (1 <= transport.port <= 65535, "transport.port must be in 1..65535"),
         (transport.heartbeat_interval_s > 0, "transport.heartbeat_interval_s must be > 0"),
         (transport.heartbeat_timeout_s > transport.heartbeat_interval_s,
@@ -115,6 +120,9 @@ def validate_process_config(transport: TransportConfig, actor: ActorConfig | Non
             (actor.on_learner_loss in ON_LEARNER_LOSS, f"actor.on_learner_loss must be one of {ON_LEARNER_LOSS}"),
             (actor.max_episodes >= 0, "actor.max_episodes must be >= 0"),
             (actor.stats_window >= 1, "actor.stats_window must be >= 1"),
+            (actor.first_params_timeout_s >= 0, "actor.first_params_timeout_s must be >= 0 (0 = forever)"),
+            (actor.flush_timeout_s >= 0, "actor.flush_timeout_s must be >= 0"),
+            (actor.status_interval_s > 0, "actor.status_interval_s must be > 0"),
         ]
     if learner is not None:
         checks += [
@@ -126,7 +134,14 @@ def validate_process_config(transport: TransportConfig, actor: ActorConfig | Non
             (learner.keep_checkpoints >= 1, "learner.keep_checkpoints must be >= 1"),
             (learner.log_every_steps >= 1, "learner.log_every_steps must be >= 1"),
             (learner.max_steps >= 0, "learner.max_steps must be >= 0"),
+            (learner.status_interval_s > 0, "learner.status_interval_s must be > 0"),
         ]
+        if max_episode_steps is not None:
+            # A ring buffer smaller than one episode overwrites that episode's first transitions
+            # while it is still being stored (T steps need T + 1 slots with the final observation).
+            checks.append((learner.buffer_capacity >= max_episode_steps + 1,
+                           f"learner.buffer_capacity ({learner.buffer_capacity}) must be >= "
+                           f"task.max_episode_steps + 1 ({max_episode_steps + 1})"))
     for ok, message in checks:
         if not ok:
             raise ProcessConfigError(message)

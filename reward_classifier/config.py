@@ -7,7 +7,11 @@ the wrapper keys when it wraps the env with `reward_classifier.wrap_with_classif
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+
+from agent.config import BACKBONES
+from robot_env.errors import ConfigError
 
 POOLINGS = ("spatial", "mean", "flatten")
 
@@ -67,3 +71,35 @@ class ClassifierConfig:
     # 0: the task's success_position_tolerance. The twin counts success from 2 cm deep, 1 cm
     # above the target pose, so a pose check there needs about 0.012.
     pose_tolerance_m: float = 0.0
+
+
+def validate_classifier_config(cfg: ClassifierConfig) -> None:
+    """Raise ConfigError naming the first `classifier.*` value that cannot work."""
+    checks = [
+        (bool(cfg.image_keys), "classifier.image_keys must name at least one camera"),
+        (cfg.backbone in BACKBONES, f"classifier.backbone must be one of {BACKBONES}, got '{cfg.backbone}'"),
+        (cfg.pooling in POOLINGS, f"classifier.pooling must be one of {POOLINGS}, got '{cfg.pooling}'"),
+        (cfg.spatial_features >= 1, f"classifier.spatial_features must be >= 1, got {cfg.spatial_features}"),
+        (cfg.hidden_dim >= 1, f"classifier.hidden_dim must be >= 1, got {cfg.hidden_dim}"),
+        (0 <= cfg.dropout < 1, f"classifier.dropout must be in [0, 1), got {cfg.dropout}"),
+        (math.isfinite(cfg.learning_rate) and cfg.learning_rate > 0,
+         f"classifier.learning_rate must be a finite number > 0, got {cfg.learning_rate}"),
+        # Balanced batches: half positives, half negatives, so at least one of each.
+        (cfg.batch_size >= 2, f"classifier.batch_size must be >= 2, got {cfg.batch_size}"),
+        (cfg.steps >= 1, f"classifier.steps must be >= 1, got {cfg.steps}"),
+        (0 < cfg.validation_fraction < 1,
+         f"classifier.validation_fraction must be in (0, 1), got {cfg.validation_fraction}"),
+        (cfg.eval_every >= 1, f"classifier.eval_every must be >= 1, got {cfg.eval_every}"),
+        (cfg.feature_batch_size >= 1, f"classifier.feature_batch_size must be >= 1, got {cfg.feature_batch_size}"),
+        (cfg.augment_copies >= 0, f"classifier.augment_copies must be >= 0, got {cfg.augment_copies}"),
+        (cfg.augment_pad >= 0, f"classifier.augment_pad must be >= 0, got {cfg.augment_pad}"),
+        (0 <= cfg.target_fpr <= 1, f"classifier.target_fpr must be in [0, 1], got {cfg.target_fpr}"),
+        (0 <= cfg.min_threshold < 1, f"classifier.min_threshold must be in [0, 1), got {cfg.min_threshold}"),
+        (cfg.threshold is None or 0 <= cfg.threshold < 1,
+         f"classifier.threshold must be null (the stored one) or in [0, 1), got {cfg.threshold}"),
+        (cfg.debounce_steps >= 1, f"classifier.debounce_steps must be >= 1, got {cfg.debounce_steps}"),
+        (cfg.pose_tolerance_m >= 0, f"classifier.pose_tolerance_m must be >= 0 (0 = the task's), got {cfg.pose_tolerance_m}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)

@@ -9,7 +9,14 @@ from __future__ import annotations
 import gymnasium as gym
 
 from robot_env.config import EnvConfig, TaskConfig
-from robot_env.env import STATE_DIM, STATE_LAYOUT, FrankaEnv, base_spaces, pose_success_fn
+from robot_env.env import (
+    STATE_DIM,
+    STATE_LAYOUT,
+    ActionError,
+    FrankaEnv,
+    base_spaces,
+    pose_success_fn,
+)
 from robot_env.interfaces import (
     Camera,
     CameraError,
@@ -30,6 +37,7 @@ from robot_env.wrappers import (
 __all__ = [
     "STATE_DIM",
     "STATE_LAYOUT",
+    "ActionError",
     "Camera",
     "CameraError",
     "Clock",

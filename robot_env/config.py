@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from robot_env.errors import ConfigError
 from robot_env.interfaces import ImpedanceParams
 
 
@@ -81,3 +82,77 @@ class EnvConfig:
             max_reference_offset_rad=0.3,
         )
     )
+
+
+_ACTION_FRAMES = ("ee", "base")
+_STATE_FRAMES = ("nominal_reset", "episode_reset")
+
+
+def _first_failure(checks: list[tuple[bool, str]]) -> None:
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def _lengths(section: str, values: dict[str, tuple[list, int]]) -> list[tuple[bool, str]]:
+    return [(len(v) == n, f"{section}.{key} must have {n} values, got {len(v)}") for key, (v, n) in values.items()]
+
+
+def validate_task_config(task: TaskConfig) -> None:
+    """Raise ConfigError naming the first `task.*` value that cannot work."""
+    _first_failure(_lengths("task", {
+        "target_pose": (task.target_pose, 6), "reset_pose": (task.reset_pose, 6),
+        "reset_position_noise": (task.reset_position_noise, 3),
+        "position_low": (task.position_low, 3), "position_high": (task.position_high, 3),
+        "rotation_low": (task.rotation_low, 3), "rotation_high": (task.rotation_high, 3),
+    }))
+    checks = [
+        (all(v >= 0 for v in task.reset_position_noise),
+         f"task.reset_position_noise must be >= 0 on every axis, got {list(task.reset_position_noise)}"),
+        (task.reset_yaw_noise >= 0, f"task.reset_yaw_noise must be >= 0, got {task.reset_yaw_noise}"),
+        (task.action_scale_translation > 0,
+         f"task.action_scale_translation must be > 0, got {task.action_scale_translation}"),
+        (task.action_scale_rotation > 0, f"task.action_scale_rotation must be > 0, got {task.action_scale_rotation}"),
+        (task.success_position_tolerance > 0,
+         f"task.success_position_tolerance must be > 0, got {task.success_position_tolerance}"),
+        (task.max_episode_steps >= 1, f"task.max_episode_steps must be >= 1, got {task.max_episode_steps}"),
+    ]
+    # A box that is empty (or a single point) on some axis leaves the arm no room to move there;
+    # the clip would silently pin it.
+    for kind in ("position", "rotation"):
+        low, high = getattr(task, f"{kind}_low"), getattr(task, f"{kind}_high")
+        for axis, lo, hi in zip("xyz", low, high, strict=True):
+            checks.append((lo < hi, f"task.{kind}_low must be < task.{kind}_high on every axis; "
+                                    f"{axis}: {lo} >= {hi}"))
+    # Beyond ±π/2 the relative rotation vector can wrap, and the box would clip the wrong way.
+    for key in ("rotation_low", "rotation_high"):
+        values = getattr(task, key)
+        checks.append((all(abs(v) < math.pi / 2 for v in values),
+                       f"task.{key} must lie within ±π/2 (rad) of the nominal orientation, got {list(values)}"))
+    _first_failure(checks)
+
+
+def _impedance_checks(key: str, params: ImpedanceParams) -> list[tuple[bool, str]]:
+    return [
+        (getattr(params, name) > 0, f"env.{key}.{name} must be > 0, got {getattr(params, name)}")
+        for name in ("translational_stiffness", "rotational_stiffness", "damping_ratio",
+                     "max_reference_offset_m", "max_reference_offset_rad")
+    ]
+
+
+def validate_env_config(env: EnvConfig) -> None:
+    """Raise ConfigError naming the first `env.*` value that cannot work."""
+    duplicates = sorted({name for name in env.cameras if env.cameras.count(name) > 1})
+    _first_failure([
+        (env.control_hz > 0, f"env.control_hz must be > 0, got {env.control_hz}"),
+        (all(env.cameras), "env.cameras must not contain an empty name"),
+        (not duplicates, f"env.cameras lists {duplicates} more than once"),
+        (env.image_height >= 1, f"env.image_height must be >= 1, got {env.image_height}"),
+        (env.image_width >= 1, f"env.image_width must be >= 1, got {env.image_width}"),
+        (env.action_frame in _ACTION_FRAMES, f"env.action_frame must be one of {_ACTION_FRAMES}, got '{env.action_frame}'"),
+        (env.state_frame in _STATE_FRAMES, f"env.state_frame must be one of {_STATE_FRAMES}, got '{env.state_frame}'"),
+        (env.history_horizon >= 1, f"env.history_horizon must be >= 1, got {env.history_horizon}"),
+        (env.max_observation_age_s > 0, f"env.max_observation_age_s must be > 0, got {env.max_observation_age_s}"),
+        *_impedance_checks("compliant", env.compliant),
+        *_impedance_checks("stiff", env.stiff),
+    ])

@@ -14,7 +14,8 @@ Observation (a flat Dict):
 Action: Box(-1, 1, (7,)): translation delta (3), rotation-vector delta (3), gripper (≤ −0.5
 close, ≥ 0.5 open, dead band between). Deltas are scaled by the task's action scale, applied in
 the end-effector frame (or the base frame), added to the *measured* TCP pose and clipped into
-the safety box.
+the safety box. An action with a NaN or an infinity is refused with `ActionError` before the
+robot is touched (nothing is commanded, the step is not counted; the arm holds its last target).
 
 Timing: the env owns the control clock. A step applies the action at once, waits for the next
 deadline on the world's `Clock` (monotonic deadlines one period apart; after an overrun the
@@ -33,6 +34,7 @@ from gymnasium import spaces
 from scipy.spatial.transform import Rotation
 
 from robot_env.config import EnvConfig, TaskConfig
+from robot_env.errors import UserError
 from robot_env.geometry import pose6_to_pos_quat, relative_pose, yaw_rotation
 from robot_env.interfaces import Camera, CameraError, Clock, Robot, RobotError, RobotState
 from robot_env.safety import SafetyBox
@@ -79,6 +81,10 @@ def base_spaces(env_cfg: EnvConfig) -> tuple[spaces.Dict, spaces.Box]:
         }
     )
     return observation_space, spaces.Box(-1.0, 1.0, (7,), np.float32)
+
+
+class ActionError(UserError, ValueError):
+    """An action the env refuses to send to the robot (wrong shape, NaN or infinite)."""
 
 
 class FrankaEnv(gym.Env):
@@ -172,9 +178,17 @@ class FrankaEnv(gym.Env):
     def step(self, action: np.ndarray):
         if self._state is None:
             raise RuntimeError("call reset() before step()")
-        action = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
+        action = np.asarray(action, dtype=np.float64)
         if action.shape != (7,):
-            raise ValueError(f"action must have shape (7,), got {action.shape}")
+            raise ActionError(f"action must have shape (7,), got {action.shape}")
+        # np.clip passes NaN through, and a NaN target reaches the controller; refusing is
+        # louder than holding pose, which would hide a diverged policy behind a still arm.
+        if not np.all(np.isfinite(action)):
+            bad = [int(i) for i in np.flatnonzero(~np.isfinite(action))]
+            raise ActionError(f"action has non-finite components at {bad} ({action.tolist()}); nothing was "
+                              "sent to the robot, which holds its last target. Check the policy for "
+                              "divergence (NaN parameters or observations)")
+        action = np.clip(action, -1.0, 1.0)
 
         position, quat, clipped = self._target_from_action(action)
         info: dict[str, Any] = {

@@ -36,9 +36,8 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from robot_env.config import EnvConfig
-from robot_env.errors import UserError
 from robot_env.interfaces import ImpedanceParams, RobotError, RobotState
-from robot_env.real_config import RealConfig
+from robot_env.real_config import RealConfig, validate_real_config
 from robot_env.safety import SafetyBox
 from robot_env.safety_monitor import backoff_position, check_wrench, limit_step
 
@@ -50,10 +49,6 @@ _JOIN_POLL_S = 0.05
 
 class RobotConnectionError(RobotError):
     """The arm or its hand cannot be reached, or refuses the connection."""
-
-
-class RealConfigError(UserError, ValueError):
-    """A `real.*` config value the backend cannot use."""
 
 
 def import_franky() -> Any:
@@ -82,43 +77,6 @@ def software_versions() -> dict[str, str]:
         if name.startswith("libfranka") and ".so." in name:
             versions["libfranka"] = name.split(".so.", 1)[1]
     return versions
-
-
-def validate_real_config(cfg: RealConfig) -> None:
-    """Raise RealConfigError naming the first `real.*` value that cannot work."""
-    lengths = {
-        "home_joints": (cfg.home_joints, 7),
-        "tcp_offset_m": (cfg.tcp_offset_m, 3),
-        "collision_torque_thresholds_nm": (cfg.collision_torque_thresholds_nm, 7),
-        "collision_force_thresholds_n": (cfg.collision_force_thresholds_n, 6),
-    }
-    for key, (values, length) in lengths.items():
-        if len(values) != length:
-            raise RealConfigError(f"real.{key} must have {length} values, got {len(values)}")
-    positive = {
-        "relative_dynamics_factor": cfg.relative_dynamics_factor,
-        "max_step_translation_m": cfg.max_step_translation_m,
-        "max_step_rotation_rad": cfg.max_step_rotation_rad,
-        "max_external_force_n": cfg.max_external_force_n,
-        "max_external_torque_nm": cfg.max_external_torque_nm,
-        "arrival_tolerance_m": cfg.arrival_tolerance_m,
-        "arrival_tolerance_rad": cfg.arrival_tolerance_rad,
-        "joint_arrival_tolerance_rad": cfg.joint_arrival_tolerance_rad,
-        "reconnect_timeout_s": cfg.reconnect_timeout_s,
-        "connect_timeout_s": cfg.connect_timeout_s,
-        "gripper_speed_mps": cfg.gripper_speed_mps,
-        "gripper_force_n": cfg.gripper_force_n,
-    }
-    for key, value in positive.items():
-        if not value > 0:
-            raise RealConfigError(f"real.{key} must be positive, got {value}")
-    if cfg.relative_dynamics_factor > 1:
-        raise RealConfigError(
-            f"real.relative_dynamics_factor is a fraction of the robot's limits (0, 1], got {cfg.relative_dynamics_factor}"
-        )
-    for key in ("force_backoff_m", "recovery_lift_m", "load_mass_kg"):
-        if getattr(cfg, key) < 0:
-            raise RealConfigError(f"real.{key} must be ≥ 0, got {getattr(cfg, key)}")
 
 
 def _validated_pose(position: np.ndarray, quat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

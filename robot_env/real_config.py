@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from robot_env.errors import ConfigError
+
 
 @dataclass
 class CameraDeviceConfig:
@@ -90,3 +92,76 @@ class RealConfig:
             CameraDeviceConfig(name="wrist_2", kind="realsense", device=""),
         ]
     )
+
+
+# Matches robot_env.cameras' registry, which needs OpenCV to import; the config must not.
+CAMERA_KINDS = ("opencv", "realsense")
+
+
+class RealConfigError(ConfigError):
+    """A `real.*` config value the backend cannot use."""
+
+
+def _validate_camera(key: str, camera: CameraDeviceConfig) -> None:
+    checks = [
+        (bool(camera.name), f"{key}.name must not be empty"),
+        (camera.kind in CAMERA_KINDS, f"{key}.kind must be one of {CAMERA_KINDS}, got '{camera.kind}'"),
+        (camera.capture_width >= 1, f"{key}.capture_width must be >= 1, got {camera.capture_width}"),
+        (camera.capture_height >= 1, f"{key}.capture_height must be >= 1, got {camera.capture_height}"),
+        (camera.fps >= 1, f"{key}.fps must be >= 1, got {camera.fps}"),
+        (camera.max_frame_age_s > 0, f"{key}.max_frame_age_s must be > 0, got {camera.max_frame_age_s}"),
+        (camera.open_timeout_s > 0, f"{key}.open_timeout_s must be > 0, got {camera.open_timeout_s}"),
+    ]
+    # Only the crop's shape and order are checked here; whether it fits the frames the device
+    # delivers is known once the camera is open (robot_env.cameras).
+    if camera.crop:
+        x0, y0, x1, y1 = (list(camera.crop) + [0, 0, 0, 0])[:4]
+        checks.append((len(camera.crop) == 4 and 0 <= x0 < x1 and 0 <= y0 < y1,
+                       f"{key}.crop must be [x0, y0, x1, y1] with 0 <= x0 < x1 and 0 <= y0 < y1, "
+                       f"got {list(camera.crop)}"))
+    for ok, message in checks:
+        if not ok:
+            raise RealConfigError(message)
+
+
+def validate_real_config(cfg: RealConfig) -> None:
+    """Raise RealConfigError naming the first `real.*` value that cannot work."""
+    lengths = {
+        "home_joints": (cfg.home_joints, 7),
+        "tcp_offset_m": (cfg.tcp_offset_m, 3),
+        "collision_torque_thresholds_nm": (cfg.collision_torque_thresholds_nm, 7),
+        "collision_force_thresholds_n": (cfg.collision_force_thresholds_n, 6),
+    }
+    for key, (values, length) in lengths.items():
+        if len(values) != length:
+            raise RealConfigError(f"real.{key} must have {length} values, got {len(values)}")
+    positive = {
+        "relative_dynamics_factor": cfg.relative_dynamics_factor,
+        "max_step_translation_m": cfg.max_step_translation_m,
+        "max_step_rotation_rad": cfg.max_step_rotation_rad,
+        "max_external_force_n": cfg.max_external_force_n,
+        "max_external_torque_nm": cfg.max_external_torque_nm,
+        "arrival_tolerance_m": cfg.arrival_tolerance_m,
+        "arrival_tolerance_rad": cfg.arrival_tolerance_rad,
+        "joint_arrival_tolerance_rad": cfg.joint_arrival_tolerance_rad,
+        "reconnect_timeout_s": cfg.reconnect_timeout_s,
+        "connect_timeout_s": cfg.connect_timeout_s,
+        "gripper_speed_mps": cfg.gripper_speed_mps,
+        "gripper_force_n": cfg.gripper_force_n,
+    }
+    for key, value in positive.items():
+        if not value > 0:
+            raise RealConfigError(f"real.{key} must be positive, got {value}")
+    if cfg.relative_dynamics_factor > 1:
+        raise RealConfigError(
+            f"real.relative_dynamics_factor is a fraction of the robot's limits (0, 1], got {cfg.relative_dynamics_factor}"
+        )
+    for key in ("force_backoff_m", "recovery_lift_m", "load_mass_kg"):
+        if getattr(cfg, key) < 0:
+            raise RealConfigError(f"real.{key} must be ≥ 0, got {getattr(cfg, key)}")
+    names = [camera.name for camera in cfg.cameras]
+    for index, camera in enumerate(cfg.cameras):
+        _validate_camera(f"real.cameras[{index}]", camera)
+        if names.count(camera.name) > 1:
+            raise RealConfigError(f"real.cameras[{index}].name '{camera.name}' is used by more than one camera")
+

@@ -27,10 +27,11 @@ from scipy.spatial.transform import Rotation
 
 from robot_env import make_env
 from robot_env.cameras import CaptureThreadCamera, open_camera
-from robot_env.franky_backend import FrankyRobot, RealConfigError, software_versions
+from robot_env.franky_backend import FrankyRobot, software_versions
 from robot_env.geometry import pose6_to_pos_quat
 from robot_env.interfaces import CameraError, MonotonicClock, RobotError
 from robot_env.real import RealSetup
+from robot_env.real_config import RealConfigError
 from robot_env.safety import SafetyBox
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"

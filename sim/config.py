@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from robot_env.errors import ConfigError
+
 
 @dataclass
 class DomainRandomizationConfig:
@@ -63,3 +65,41 @@ class SimConfig:
     reflex_force: float = 150.0
     # Wrist cameras' vertical field of view (deg); the renderer's light and material setup is fixed.
     camera_fovy: float = 70.0
+
+
+RENDER_BACKENDS = ("auto", "egl", "osmesa", "glfw")
+
+
+def validate_sim_config(sim: SimConfig) -> None:
+    """Raise ConfigError naming the first `sim.*` value that cannot work. How the geometry fits
+    the task's target pose is checked where the scene is built (sim.scene.fixture_geometry)."""
+    rnd = sim.randomization
+    checks = [
+        # The twin's impedance controller stands in for the arm's 1 kHz loop: slower is unstable.
+        (0 < sim.physics_dt <= 0.002, f"sim.physics_dt must be in (0, 0.002] s (>= 500 Hz), got {sim.physics_dt}"),
+        (sim.hole_clearance > 0, f"sim.hole_clearance must be > 0, got {sim.hole_clearance}"),
+        (0 < sim.success_depth <= sim.hole_depth,
+         f"sim.success_depth must be in (0, sim.hole_depth={sim.hole_depth}], got {sim.success_depth}"),
+        (sim.render_backend in RENDER_BACKENDS,
+         f"sim.render_backend must be one of {RENDER_BACKENDS}, got '{sim.render_backend}'"),
+        (sim.peg_side > 0, f"sim.peg_side must be > 0, got {sim.peg_side}"),
+        (sim.peg_length_below_tcp > 0, f"sim.peg_length_below_tcp must be > 0, got {sim.peg_length_below_tcp}"),
+        (sim.hole_depth > 0, f"sim.hole_depth must be > 0, got {sim.hole_depth}"),
+        (0 <= sim.hole_chamfer < sim.hole_depth,
+         f"sim.hole_chamfer must be in [0, sim.hole_depth={sim.hole_depth}), got {sim.hole_chamfer}"),
+        (sim.fixture_half_width > 0, f"sim.fixture_half_width must be > 0, got {sim.fixture_half_width}"),
+        (sim.friction >= 0, f"sim.friction must be >= 0, got {sim.friction}"),
+        (sim.null_space_stiffness >= 0, f"sim.null_space_stiffness must be >= 0, got {sim.null_space_stiffness}"),
+        (0 < sim.camera_fovy < 180, f"sim.camera_fovy must be in (0, 180) degrees, got {sim.camera_fovy}"),
+    ]
+    for key in ("move_speed", "move_angular_speed", "move_tolerance_m", "move_tolerance_rad",
+                "joint_reset_speed", "reflex_force"):
+        checks.append((getattr(sim, key) > 0, f"sim.{key} must be > 0, got {getattr(sim, key)}"))
+    for key in ("fixture_position_noise", "fixture_yaw_noise", "camera_position_jitter", "camera_rotation_jitter"):
+        checks.append((getattr(rnd, key) >= 0, f"sim.randomization.{key} must be >= 0, got {getattr(rnd, key)}"))
+    # A scale factor 1 ± x must stay positive, and a colour perturbation beyond 1 leaves RGB.
+    checks.append((0 <= rnd.lighting < 1, f"sim.randomization.lighting must be in [0, 1), got {rnd.lighting}"))
+    checks.append((0 <= rnd.colors <= 1, f"sim.randomization.colors must be in [0, 1], got {rnd.colors}"))
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)

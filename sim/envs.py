@@ -11,11 +11,11 @@ import gymnasium as gym
 import numpy as np
 
 import robot_env
-from robot_env.config import EnvConfig, TaskConfig
+from robot_env.config import EnvConfig, TaskConfig, validate_env_config, validate_task_config
 from robot_env.errors import ConfigError
 from robot_env.interfaces import RobotState
 from sim.camera import SimCamera, make_renderer
-from sim.config import SimConfig
+from sim.config import SimConfig, validate_sim_config
 from sim.robot import SimClock, SimRobot
 from sim.scene import OVERVIEW_CAMERA, WRIST_CAMERAS
 from sim.world import SimWorld
@@ -135,6 +135,10 @@ def make_env(
     }
     configs = _apply_overrides(configs, overrides)
     task_cfg, env_cfg, sim_cfg = configs["task"], configs["env"], configs["sim"]
+    # The same checks load_config runs: keyword overrides here bypass it.
+    validate_task_config(task_cfg)
+    validate_env_config(env_cfg)
+    validate_sim_config(sim_cfg)
     if state_only:
         env_cfg = dataclasses.replace(env_cfg, cameras=[])
     unknown = [name for name in env_cfg.cameras if name not in WRIST_CAMERAS]

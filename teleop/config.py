@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from robot_env.errors import ConfigError
+
+DEVICE_CHOICES = ("spacemouse", "keyboard", "scripted", "replay", "none")
+BUTTON_ROLES = ("gripper_close", "gripper_open", "success", "failure", "none")
+KEYBOARD_BACKENDS = ("auto", "pynput", "terminal")
+
 
 @dataclass
 class TeleopConfig:
@@ -62,3 +68,37 @@ class RecordConfig:
     reward_steps_after_success: int = 25
     # Print the live status line at most this often (s).
     status_interval_s: float = 0.25
+
+
+def validate_teleop_config(teleop: TeleopConfig, record: RecordConfig) -> None:
+    """Raise ConfigError naming the first `teleop.*` or `record.*` value that cannot work."""
+    checks = [
+        (teleop.device in DEVICE_CHOICES, f"teleop.device must be one of {DEVICE_CHOICES}, got '{teleop.device}'"),
+        (teleop.hold_over_steps >= 0, f"teleop.hold_over_steps must be >= 0, got {teleop.hold_over_steps}"),
+        (0 <= teleop.dead_zone < 1, f"teleop.dead_zone must be in [0, 1), got {teleop.dead_zone}"),
+        (teleop.translation_gain > 0, f"teleop.translation_gain must be > 0, got {teleop.translation_gain}"),
+        (teleop.rotation_gain > 0, f"teleop.rotation_gain must be > 0, got {teleop.rotation_gain}"),
+        (not teleop.axis_map or sorted(teleop.axis_map) == list(range(6)),
+         f"teleop.axis_map must be empty or a permutation of 0..5, got {list(teleop.axis_map)}"),
+        (not teleop.axis_signs or (len(teleop.axis_signs) == 6 and all(s in (-1, 1) for s in teleop.axis_signs)),
+         f"teleop.axis_signs must be empty or six values of 1 or -1, got {list(teleop.axis_signs)}"),
+        (teleop.spacemouse_full_scale > 0,
+         f"teleop.spacemouse_full_scale must be > 0, got {teleop.spacemouse_full_scale}"),
+        (all(role in BUTTON_ROLES for role in teleop.spacemouse_buttons),
+         f"teleop.spacemouse_buttons: every role must be one of {BUTTON_ROLES}, got {list(teleop.spacemouse_buttons)}"),
+        (teleop.keyboard_backend in KEYBOARD_BACKENDS,
+         f"teleop.keyboard_backend must be one of {KEYBOARD_BACKENDS}, got '{teleop.keyboard_backend}'"),
+        (0 < teleop.keyboard_speed <= 1, f"teleop.keyboard_speed must be in (0, 1], got {teleop.keyboard_speed}"),
+        (teleop.terminal_key_hold_s > 0, f"teleop.terminal_key_hold_s must be > 0, got {teleop.terminal_key_hold_s}"),
+        (teleop.scripted_noise >= 0, f"teleop.scripted_noise must be >= 0, got {teleop.scripted_noise}"),
+        (record.num_successes >= 1, f"record.num_successes must be >= 1, got {record.num_successes}"),
+        (record.max_episodes >= 0, f"record.max_episodes must be >= 0 (0 = no limit), got {record.max_episodes}"),
+        (record.reward_positives >= 0, f"record.reward_positives must be >= 0, got {record.reward_positives}"),
+        (record.reward_negatives >= 0, f"record.reward_negatives must be >= 0, got {record.reward_negatives}"),
+        (record.reward_steps_after_success >= 0,
+         f"record.reward_steps_after_success must be >= 0, got {record.reward_steps_after_success}"),
+        (record.status_interval_s > 0, f"record.status_interval_s must be > 0, got {record.status_interval_s}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)

@@ -16,8 +16,6 @@ import numpy as np
 from robot_env.errors import UserError
 from teleop.config import TeleopConfig
 
-BUTTON_ROLES = ("gripper_close", "gripper_open", "success", "failure", "none")
-
 
 class DeviceError(UserError, RuntimeError):
     """A teleop device is missing, unreadable or misconfigured."""

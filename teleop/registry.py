@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from teleop.config import TeleopConfig
+from teleop.config import DEVICE_CHOICES, TeleopConfig
 from teleop.devices import DeviceError, NullDevice, TeleopDevice
-
-DEVICE_CHOICES = ("spacemouse", "keyboard", "scripted", "replay", "none")
 
 
 def make_device(cfg: TeleopConfig, *, action_frame: str = "ee", env: Any = None, seed: int = 0) -> TeleopDevice:

@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from teleop.config import TeleopConfig
+from teleop.config import BUTTON_ROLES, TeleopConfig
 from teleop.devices import (
-    BUTTON_ROLES,
     AxisMapping,
     DeviceError,
     TeleopCommand,

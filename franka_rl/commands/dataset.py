@@ -50,6 +50,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serl.add_argument("--rename", action="append", default=[], metavar="OLD=NEW",
                       help="rename an observation key, e.g. wrist1=wrist_1 (repeatable)")
     serl.add_argument("--task", default="peg_insertion", help="task name stored in the metadata")
+    frame = serl.add_mutually_exclusive_group()
+    frame.add_argument("--nominal-pose", type=float, nargs=6, metavar=("X", "Y", "Z", "RX", "RY", "RZ"),
+                       help="the task's nominal reset pose (base frame, rotation vector): SERL's base-frame "
+                            "state is mapped into our state, which is relative to it (docs/data.md)")
+    frame.add_argument("--config", default=None,
+                       help="take the nominal pose from this config's task.reset_pose instead")
+    frame.add_argument("--state-as-is", action="store_true",
+                       help="keep a 19/20-number state untouched (the file already holds our STATE_LAYOUT)")
+    serl.add_argument("--gripper-scale", type=float, default=0.08,
+                      help="metres of opening per unit of SERL's gripper_pose (0.08: its normalised Franka "
+                           "Hand reading; 1 if the width was recorded in metres)")
     serl.set_defaults(handler=run_import_serl)
 
     export = sub.add_parser(
@@ -122,6 +133,7 @@ def run_import_serl(args: argparse.Namespace) -> int:
     from agent.data.serl import (
         PICKLE_WARNING,
         SerlImportError,
+        SerlStateMapping,
         load_serl_pickle,
         serl_transitions_to_episodes,
     )
@@ -129,21 +141,35 @@ def run_import_serl(args: argparse.Namespace) -> int:
     if not args.trusted:
         raise UserError(PICKLE_WARNING + ". If these files are yours, run again with --trusted")
     renames = _renames(args.rename)
-    store = _store(args.out, create=True)
-    total = 0
+    nominal = args.nominal_pose
+    if args.config is not None:
+        from franka_rl.config import load_config
+
+        nominal = load_config(args.config).task.reset_pose
+    try:
+        mapping = SerlStateMapping(nominal, gripper_scale=args.gripper_scale) if nominal is not None else None
+    except SerlImportError as exc:
+        raise UserError(str(exc)) from None
+    converted = []
     for path in args.pickles:
         if not Path(path).is_file():
             raise UserError(f"{path} not found")
         try:
             transitions = load_serl_pickle(path, trusted=True)
             episodes = serl_transitions_to_episodes(transitions, rename=renames, task=args.task,
-                                                    origin=Path(path).name)
+                                                    origin=Path(path).name, state_mapping=mapping,
+                                                    state_as_is=args.state_as_is)
         except SerlImportError as exc:
-            raise UserError(str(exc)) from None
+            raise UserError(f"{path}: {exc}") from None
+        converted.append((path, len(transitions), episodes))
+    # Written only once every file converted, so a refused file leaves no half-imported directory.
+    store = _store(args.out, create=True)
+    total = 0
+    for path, count, episodes in converted:
         for episode in episodes:
             store.write(episode)
         total += len(episodes)
-        print(f"{path}: {len(transitions)} transitions -> {len(episodes)} episodes")
+        print(f"{path}: {count} transitions -> {len(episodes)} episodes")
     print(f"wrote {total} episodes to {args.out}")
     return 0
 

@@ -56,6 +56,7 @@ def split_data_and_overrides(items: list[str]) -> tuple[list[str], list[str]]:
 
 def run(args: argparse.Namespace) -> int:
     from agent.pretrain import (
+        check_image_size,
         load_offline_episodes,
         pretrain,
         validate_pretrain_config,
@@ -79,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     warn_random_backbone(cfg, print)
 
     dataset = load_offline_episodes(data, trust_pickle=args.trust_pickle)
+    check_image_size(dataset.episodes, cfg.agent.encoder.image_keys, cfg.env.image_height, cfg.env.image_width)
     skipped = f", skipped {len(dataset.skipped)} corrupt file(s)" if dataset.skipped else ""
     print(f"data: {len(dataset.episodes)} episodes, {dataset.transitions} transitions, "
           f"{dataset.successes} successful{skipped}")
