@@ -57,7 +57,7 @@ def episode_returns(agent: Agent, episode: Episode, sparse: bool = True) -> np.n
     """G_t of every step on the agent's shaped reward, from the episode's rewards (sparse failures:
     r'_neg / (1 - γ)), exactly as the replay buffers compute it."""
     spec = agent.spec
-    shaping = RewardShaping(scale=spec.reward_scale, bias=spec.reward_bias, discount=spec.discount, sparse=sparse)
+    shaping = RewardShaping(scale=spec.reward.scale, bias=spec.reward.bias, discount=spec.sac.discount, sparse=sparse)
     return shaping.episode_returns(episode.rewards, episode.terminated)
 
 

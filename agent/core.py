@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import typing
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -31,71 +32,57 @@ from agent.vision import ObservationEncoder, ResNetBackbone, make_backbone
 Params = Any
 
 
+@functools.cache
+def _frozen_class(cls: type) -> type:
+    return dataclasses.make_dataclass(f"Frozen{cls.__name__}", [f.name for f in dataclasses.fields(cls)],
+                                      frozen=True)
+
+
+def frozen_section(section: Any) -> Any:
+    """A hashable, read-only copy of a config dataclass with the same attribute names (lists
+    become tuples, numbers take their annotated type), so a jitted function can take it static."""
+    hints = typing.get_type_hints(type(section))
+    values = {}
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if isinstance(value, list):
+            value = tuple(value)
+        elif hints.get(f.name) in (float, int, bool):
+            value = hints[f.name](value)
+        values[f.name] = value
+    return _frozen_class(type(section))(**values)
+
+
 @dataclass(frozen=True)
 class UpdateSpec:
-    """Everything the jitted functions need besides arrays (hashable, static under jit)."""
+    """Everything the jitted functions need besides arrays (hashable, static under jit): the
+    observation layout and read-only copies of the agent config's sections, so a new
+    hyperparameter is one field in agent/config.py and its use, nothing copied by hand."""
 
     action_dim: int
     image_keys: tuple[str, ...]
     state_key: str | None
-    reward_scale: float
-    reward_bias: float
-    discount: float
-    tau: float
-    num_critics: int
-    critic_subsample: int
-    backup_entropy: bool
-    actor_q_aggregation: str
-    max_target_backup: bool
-    max_target_num_actions: int
-    target_entropy: float
-    utd: int
-    freeze_backbone: bool
-    augment: bool
-    augment_pad: int
-    cql_enabled: bool
-    calql_bound: bool
-    cql_alpha: float
-    cql_n_actions: int
-    cql_temperature: float
-    cql_importance_sampling: bool
-    cql_penalty_members: int
-    cql_lagrange: bool
-    cql_target_action_gap: float
+    reward: Any
+    network: Any
+    encoder: Any
+    sac: Any
+    cql: Any
 
     @classmethod
     def from_config(cls, cfg: AgentConfig, action_dim: int, image_keys: tuple[str, ...],
                     state_key: str | None) -> UpdateSpec:
-        sac, cql = cfg.sac, cfg.cql
         return cls(
-            action_dim=action_dim,
-            image_keys=image_keys,
-            state_key=state_key,
-            reward_scale=float(cfg.reward.scale),
-            reward_bias=float(cfg.reward.bias),
-            discount=float(sac.discount),
-            tau=float(sac.tau),
-            num_critics=int(cfg.network.num_critics),
-            critic_subsample=int(sac.critic_subsample),
-            backup_entropy=bool(sac.backup_entropy),
-            actor_q_aggregation=sac.actor_q_aggregation,
-            max_target_backup=bool(sac.max_target_backup),
-            max_target_num_actions=int(sac.max_target_num_actions),
-            target_entropy=-float(sac.target_entropy_scale) * action_dim,
-            utd=int(sac.utd),
-            freeze_backbone=bool(cfg.encoder.freeze_backbone),
-            augment=bool(cfg.encoder.augment),
-            augment_pad=int(cfg.encoder.augment_pad),
-            cql_enabled=bool(cql.enabled),
-            calql_bound=bool(cql.calql_bound),
-            cql_alpha=float(cql.alpha),
-            cql_n_actions=int(cql.n_actions),
-            cql_temperature=float(cql.temperature),
-            cql_importance_sampling=bool(cql.importance_sampling),
-            cql_penalty_members=int(cql.penalty_members),
-            cql_lagrange=bool(cql.lagrange),
-            cql_target_action_gap=float(cql.target_action_gap),
+            action_dim=int(action_dim), image_keys=tuple(image_keys), state_key=state_key,
+            **{name: frozen_section(getattr(cfg, name)) for name in ("reward", "network", "encoder", "sac", "cql")},
         )
+
+    @property
+    def num_critics(self) -> int:
+        return self.network.num_critics
+
+    @property
+    def target_entropy(self) -> float:
+        return -self.sac.target_entropy_scale * self.action_dim
 
 
 @dataclass(frozen=True)
@@ -242,9 +229,11 @@ def create_agent(
     )
 
 
-def replace_spec(agent: Agent, **changes) -> Agent:
-    """The same state with some static settings changed (e.g. the CQL term switched off)."""
-    return agent.replace(spec=dataclasses.replace(agent.spec, **changes))
+def replace_spec(agent: Agent, section: str, **changes) -> Agent:
+    """The same state with some settings of one config section changed, e.g.
+    `replace_spec(agent, "cql", enabled=False)` (WSRL drops the CQL term online)."""
+    updated = dataclasses.replace(getattr(agent.spec, section), **changes)
+    return agent.replace(spec=dataclasses.replace(agent.spec, **{section: updated}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,9 +251,9 @@ def feature_maps(agent: Agent, backbone_params: Params, observations: dict) -> d
         x = observations[key]
         if x.dtype == jnp.uint8:
             fm = agent.nets.backbone.apply({"params": backbone_params}, x)
-            maps[key] = jax.lax.stop_gradient(fm) if agent.spec.freeze_backbone else fm
+            maps[key] = jax.lax.stop_gradient(fm) if agent.spec.encoder.freeze_backbone else fm
         else:
-            if not agent.spec.freeze_backbone:
+            if not agent.spec.encoder.freeze_backbone:
                 raise AgentConfigError(
                     f"observation '{key}' holds cached features, but the backbone is trainable "
                     "(agent.encoder.freeze_backbone=false): give raw uint8 images"
@@ -309,14 +298,14 @@ def agent_encode_frames(agent: Agent, frames_uint8: np.ndarray | jax.Array) -> j
     """The agent's own frozen backbone applied to frames (..., H, W, 3) -> (..., h, w, 512)."""
     if agent.nets.backbone is None:
         raise AgentConfigError("this agent has no image keys, so there is no backbone to encode frames")
-    if not agent.spec.freeze_backbone:
+    if not agent.spec.encoder.freeze_backbone:
         raise AgentConfigError("features can only be cached for a frozen backbone (agent.encoder.freeze_backbone)")
     return _encode_with(agent, jnp.asarray(frames_uint8, jnp.uint8))
 
 
 def uses_feature_cache(agent: Agent) -> bool:
     """True when a buffer may store per-frame backbone features instead of raw images."""
-    return bool(agent.spec.image_keys) and agent.spec.freeze_backbone and not agent.spec.augment
+    return bool(agent.spec.image_keys) and agent.spec.encoder.freeze_backbone and not agent.spec.encoder.augment
 
 
 # ---------------------------------------------------------------------------------------------

@@ -217,7 +217,7 @@ def pretrain(
     train, held_out = split_holdout(dataset.episodes, pcfg.holdout_episodes)
     action_dim = int(train[0].actions.shape[1])
     agent = create_agent(cfg, example_observation(train[0]), action_dim, seed=seed)
-    agent = replace_spec(agent, utd=int(pcfg.utd))
+    agent = replace_spec(agent, "sac", utd=int(pcfg.utd))
 
     checkpointer = AgentCheckpointer(run_dir / "checkpoints", max_to_keep=pcfg.keep_checkpoints)
     start = checkpointer.latest_step() or 0

@@ -35,7 +35,7 @@ def _subset(params: Params, idx: jax.Array) -> Params:
 
 
 def shaped_rewards(agent: Agent, raw: jax.Array) -> jax.Array:
-    return agent.spec.reward_scale * raw + agent.spec.reward_bias
+    return agent.spec.reward.scale * raw + agent.spec.reward.bias
 
 
 def _augment(agent: Agent, batch: Batch, key: jax.Array) -> Batch:
@@ -49,14 +49,14 @@ def _augment(agent: Agent, batch: Batch, key: jax.Array) -> Batch:
                     f"agent.encoder.augment needs raw uint8 images, but '{cam}' holds cached features"
                 )
             key, sub = jax.random.split(key)
-            obs[cam] = random_shift(sub, obs[cam], spec.augment_pad)
+            obs[cam] = random_shift(sub, obs[cam], spec.encoder.augment_pad)
         out[field] = obs
     return out
 
 
 def _frozen_maps(agent: Agent, batch: Batch) -> tuple[dict | None, dict | None]:
     """Feature maps of s and s' computed once per update when the backbone is frozen."""
-    if not agent.spec.image_keys or not agent.spec.freeze_backbone:
+    if not agent.spec.image_keys or not agent.spec.encoder.freeze_backbone:
         return None, None
     return (feature_maps(agent, agent.frozen_backbone, batch["observations"]),
             feature_maps(agent, agent.frozen_backbone, batch["next_observations"]))
@@ -75,21 +75,21 @@ def td_target(agent: Agent, batch: Batch, key: jax.Array, next_maps: dict | None
     k_act, k_sub = jax.random.split(key)
     next_obs = batch["next_observations"]
     next_features = encode(agent, agent.critic.params, next_obs, maps=next_maps)
-    target_maps = next_maps if spec.freeze_backbone else None
+    target_maps = next_maps if spec.encoder.freeze_backbone else None
     target_features = encode(agent, agent.target_critic_params, next_obs, maps=target_maps)
     mean, log_std = policy(agent, agent.actor.params, next_features)
-    k = spec.max_target_num_actions if spec.max_target_backup else 1
+    k = spec.sac.max_target_num_actions if spec.sac.max_target_backup else 1
     next_actions, next_log_probs = tanh_gaussian_sample(k_act, mean, log_std, (k,))  # (k, B, d), (k, B)
-    idx = sample_members(k_sub, spec.num_critics, spec.critic_subsample)
+    idx = sample_members(k_sub, spec.num_critics, spec.sac.critic_subsample)
     q_next = _q(agent, _subset(agent.target_critic_params["q"], idx), target_features, next_actions, subset=True)
     q_next = q_next.min(axis=0)  # (k, B)
     best = jnp.argmax(q_next, axis=0)  # k = 1: index 0
     q_next = jnp.take_along_axis(q_next, best[None], axis=0)[0]
     log_prob = jnp.take_along_axis(next_log_probs, best[None], axis=0)[0]
-    if spec.backup_entropy:
+    if spec.sac.backup_entropy:
         q_next = q_next - temperature_value(agent) * log_prob
     rewards = shaped_rewards(agent, batch["rewards"])
-    target = rewards + spec.discount * batch["masks"] * q_next
+    target = rewards + spec.sac.discount * batch["masks"] * q_next
     return jax.lax.stop_gradient(target), {"target_q": target.mean(), "reward": rewards.mean()}
 
 
@@ -97,7 +97,7 @@ def _cql_samples(agent: Agent, batch: Batch, key: jax.Array, obs_maps: dict | No
                  next_maps: dict | None) -> dict:
     """Uniform and policy actions for the CQL penalty (no gradient to the policy or the encoder)."""
     spec = agent.spec
-    n, d = spec.cql_n_actions, spec.action_dim
+    n, d = spec.cql.n_actions, spec.action_dim
     k_unif, k_pi, k_next = jax.random.split(key, 3)
     params = jax.lax.stop_gradient(agent.critic.params)
     features = encode(agent, params, batch["observations"], maps=obs_maps)
@@ -135,7 +135,7 @@ def critic_loss(
         metrics["q_minus_mc"] = (q - batch["mc_returns"][None]).mean()
     loss = td_loss
     if cql_actions is not None:
-        if spec.calql_bound and "mc_returns" not in batch:
+        if spec.cql.calql_bound and "mc_returns" not in batch:
             raise AgentConfigError("the Cal-QL bound needs 'mc_returns' in every batch (agent.cql.calql_bound)")
 
         def q_all(actions):  # (N, B, d) -> (E, B, N)
@@ -144,21 +144,21 @@ def critic_loss(
         diff, cql_metrics = cql_diff(
             q, q_all(cql_actions["uniform"]), q_all(cql_actions["policy"]), q_all(cql_actions["next_policy"]),
             cql_actions["log_prob_policy"], cql_actions["log_prob_next_policy"],
-            batch["mc_returns"] if spec.calql_bound else None,
-            action_dim=spec.action_dim, temperature=spec.cql_temperature,
-            importance_sampling=spec.cql_importance_sampling,
+            batch["mc_returns"] if spec.cql.calql_bound else None,
+            action_dim=spec.action_dim, temperature=spec.cql.temperature,
+            importance_sampling=spec.cql.importance_sampling,
         )
         member_diff = diff.mean(axis=1)  # (E,)
-        if spec.cql_penalty_members:
-            idx = sample_members(k_members, spec.num_critics, spec.cql_penalty_members)
+        if spec.cql.penalty_members:
+            idx = sample_members(k_members, spec.num_critics, spec.cql.penalty_members)
             penalised = member_diff[idx].mean()
         else:
             penalised = member_diff.mean()
-        if spec.cql_lagrange:
+        if spec.cql.lagrange:
             alpha = jax.lax.stop_gradient(cql_lagrange_alpha(agent))
-            penalty = alpha * (penalised - spec.cql_target_action_gap)
+            penalty = alpha * (penalised - spec.cql.target_action_gap)
         else:
-            alpha = spec.cql_alpha
+            alpha = spec.cql.alpha
             penalty = alpha * penalised
         loss = loss + penalty
         metrics.update(cql_metrics, cql_penalty=penalty, cql_alpha=jnp.asarray(alpha),
@@ -175,29 +175,36 @@ def _soft_update(target: Params, online: Params, tau: float) -> Params:
     return jax.tree.map(lambda t, o: (1.0 - tau) * t + tau * o, target, online)
 
 
-def update_critic(agent: Agent, batch: Batch) -> tuple[Agent, dict]:
-    """One critic (and CQL Lagrange) gradient step and a Polyak target update."""
+def critic_gradients(agent: Agent, batch: Batch) -> tuple[jax.Array, Params, dict, jax.Array]:
+    """The critic loss (TD + the (Cal-)CQL penalty), its gradient, the metrics and the next RNG
+    for `batch`: the one gradient computation `update_critic` applies and the tests inspect."""
     spec = agent.spec
     rng, k_aug, k_target, k_cql, k_loss = jax.random.split(agent.rng, 5)
-    if spec.augment and spec.image_keys:
+    if spec.encoder.augment and spec.image_keys:
         batch = _augment(agent, batch, k_aug)
     obs_maps, next_maps = _frozen_maps(agent, batch)
     target, target_metrics = td_target(agent, batch, k_target, next_maps)
-    cql_actions = _cql_samples(agent, batch, k_cql, obs_maps, next_maps) if spec.cql_enabled else None
-    grads, metrics = jax.grad(critic_loss, has_aux=True)(
+    cql_actions = _cql_samples(agent, batch, k_cql, obs_maps, next_maps) if spec.cql.enabled else None
+    (loss, metrics), grads = jax.value_and_grad(critic_loss, has_aux=True)(
         agent.critic.params, agent, batch, target, cql_actions, obs_maps, k_loss
     )
+    return loss, grads, {**metrics, **target_metrics}, rng
+
+
+def update_critic(agent: Agent, batch: Batch) -> tuple[Agent, dict]:
+    """One critic (and CQL Lagrange) gradient step and a Polyak target update."""
+    spec = agent.spec
+    _, grads, metrics, rng = critic_gradients(agent, batch)
     critic = agent.critic.apply_gradients(grads=grads)
-    target_params = _soft_update(agent.target_critic_params, critic.params, spec.tau)
+    target_params = _soft_update(agent.target_critic_params, critic.params, spec.sac.tau)
     lagrange = agent.lagrange
-    if spec.cql_enabled and spec.cql_lagrange:
-        gap = jax.lax.stop_gradient(metrics["cql_penalised_diff"]) - spec.cql_target_action_gap
+    if spec.cql.enabled and spec.cql.lagrange:
+        gap = jax.lax.stop_gradient(metrics["cql_penalised_diff"]) - spec.cql.target_action_gap
 
         def lagrange_loss(params):
             return -jnp.clip(jnp.exp(params["log_alpha"]), 0.0, 1e6) * gap
 
         lagrange = lagrange.apply_gradients(grads=jax.grad(lagrange_loss)(lagrange.params))
-    metrics.update(target_metrics)
     agent = agent.replace(critic=critic, target_critic_params=target_params, lagrange=lagrange, rng=rng)
     return agent, metrics
 
@@ -206,7 +213,7 @@ def update_actor(agent: Agent, batch: Batch) -> tuple[Agent, dict]:
     """Actor step on mean(alpha * log pi - Q_agg) (encoder features stop-gradient), then temperature."""
     spec = agent.spec
     rng, k_aug, k_act = jax.random.split(agent.rng, 3)
-    if spec.augment and spec.image_keys:
+    if spec.encoder.augment and spec.image_keys:
         batch = _augment(agent, batch, k_aug)
     features = jax.lax.stop_gradient(encode(agent, agent.critic.params, batch["observations"]))
     alpha = temperature_value(agent)
@@ -215,7 +222,7 @@ def update_actor(agent: Agent, batch: Batch) -> tuple[Agent, dict]:
         mean, log_std = policy(agent, actor_params, features)
         actions, log_prob = tanh_gaussian_sample(k_act, mean, log_std)
         qs = _q(agent, agent.critic.params["q"], features, actions)
-        q = qs.mean(axis=0) if spec.actor_q_aggregation == "mean" else qs.min(axis=0)
+        q = qs.mean(axis=0) if spec.sac.actor_q_aggregation == "mean" else qs.min(axis=0)
         loss = jnp.mean(alpha * log_prob - q)
         return loss, {"actor_loss": loss, "entropy": -log_prob.mean(), "actor_q": q.mean(),
                       "policy_std": jnp.exp(log_std).mean()}
@@ -241,7 +248,7 @@ def full_update(agent: Agent, batch: Batch) -> tuple[Agent, dict]:
 
 
 def _learner_step(agent: Agent, batches: Batch) -> tuple[Agent, dict]:
-    utd = agent.spec.utd
+    utd = agent.spec.sac.utd
     lengths = {x.shape[0] for x in jax.tree.leaves(batches)}
     if lengths != {utd}:
         raise AgentConfigError(f"learner_step needs batches stacked on a leading axis of length utd={utd}, got {lengths}")
@@ -263,16 +270,10 @@ def stack_batches(batches: list[Batch]) -> Batch:
     return jax.tree.map(lambda *xs: jnp.stack(xs), *batches)
 
 
-@jax.jit
-def critic_loss_and_grads(agent: Agent, batch: Batch) -> tuple[jax.Array, Params, dict]:
-    """The critic loss and its gradient for `batch` with the agent's current RNG (for tests/diagnostics)."""
-    _, k_aug, k_target, k_cql, k_loss = jax.random.split(agent.rng, 5)
-    if agent.spec.augment and agent.spec.image_keys:
-        batch = _augment(agent, batch, k_aug)
-    obs_maps, next_maps = _frozen_maps(agent, batch)
-    target, _ = td_target(agent, batch, k_target, next_maps)
-    cql_actions = _cql_samples(agent, batch, k_cql, obs_maps, next_maps) if agent.spec.cql_enabled else None
-    (loss, metrics), grads = jax.value_and_grad(critic_loss, has_aux=True)(
-        agent.critic.params, agent, batch, target, cql_actions, obs_maps, k_loss
-    )
+def _critic_loss_and_grads(agent: Agent, batch: Batch) -> tuple[jax.Array, Params, dict]:
+    loss, grads, metrics, _ = critic_gradients(agent, batch)
     return loss, grads, metrics
+
+
+critic_loss_and_grads = jax.jit(_critic_loss_and_grads)
+critic_loss_and_grads.__doc__ = """`critic_gradients` compiled, without the RNG: what the next `update_critic` would apply."""

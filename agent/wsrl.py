@@ -21,8 +21,8 @@ from agent.core import Agent, Params, create_agent, encode, policy, replace_spec
 def wsrl_switch(pretrained: Agent, online: OnlineConfig) -> Agent:
     """The online agent: identical state, CQL dropped unless `online.keep_cql`."""
     if online.keep_cql:
-        return replace_spec(pretrained, cql_enabled=True, cql_alpha=float(online.cql_alpha), cql_lagrange=False)
-    return replace_spec(pretrained, cql_enabled=False)
+        return replace_spec(pretrained, "cql", enabled=True, alpha=float(online.cql_alpha), lagrange=False)
+    return replace_spec(pretrained, "cql", enabled=False)
 
 
 def start_online_from_checkpoint(

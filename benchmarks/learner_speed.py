@@ -74,7 +74,7 @@ def timed(fn, reps: int) -> float:
 def learner_timings(agent, buffer: ReplayBuffer, rng, reps: int, *, frames: bool,
                     with_sampling: bool = True) -> tuple[float | None, float]:
     """(sample + step or None, step alone): median seconds of one UTD learner step."""
-    batch_size, utd = 256, agent.spec.utd
+    batch_size, utd = 256, agent.spec.sac.utd
 
     def sample():
         return sample_batches(buffer, None, rng, batch_size, utd, 0.0, frames=frames)

@@ -112,7 +112,7 @@ def test_wsrl_switch_keeps_the_whole_state_and_drops_cql(tmp_path, pretrained):
     online, frozen, _ = start_online_from_checkpoint(tmp_path / "pre", cfg, EXAMPLE, ACTION_DIM)
     _assert_same_leaves(agent, online)  # actor, critics, targets, temperature, Adam moments, RNG
     _assert_same_leaves(agent, frozen)
-    assert agent.spec.cql_enabled and not online.spec.cql_enabled
+    assert agent.spec.cql.enabled and not online.spec.cql.enabled
     batches = _batches(3)
     _, m_off = learner_step(agent, batches)
     _, m_on = learner_step(online, batches)
@@ -120,7 +120,7 @@ def test_wsrl_switch_keeps_the_whole_state_and_drops_cql(tmp_path, pretrained):
     assert float(m_on["critic_loss"]) == pytest.approx(float(m_on["td_loss"]))
     # Cal-QL fine-tuning keeps the term with the online alpha.
     calql_ft = wsrl_switch(agent, OnlineConfig(keep_cql=True, cql_alpha=0.5))
-    assert calql_ft.spec.cql_enabled and calql_ft.spec.cql_alpha == 0.5
+    assert calql_ft.spec.cql.enabled and calql_ft.spec.cql.alpha == 0.5
     # Drift diagnostics are zero against itself and positive after an update.
     obs = batches["observations"]
     obs0 = jax.tree.map(lambda x: x[0], obs)

@@ -210,7 +210,7 @@ def test_starts_from_a_pretrained_checkpoint_in_warmup(tmp_path):
     learner = make_learner(cfg, pretrained_dir=str(tmp_path / "pretrain"))
     for name, value in export_acting_params(pretrained).items():
         np.testing.assert_array_equal(export_acting_params(learner.agent)[name], value)
-    assert learner.pretrained is not None and not learner.agent.spec.cql_enabled
+    assert learner.pretrained is not None and not learner.agent.spec.cql.enabled
     assert not learner.warmup_done
     learner.server.close()
 

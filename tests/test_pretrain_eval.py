@@ -80,7 +80,7 @@ def test_pretrain_checkpoint_restores_through_wsrl(pretrained, demos):
     example = {k: v[0] for k, v in episode.observations.items()}
     online, frozen, extra = start_online_from_checkpoint(pretrained / "checkpoints", cfg.agent, example, 6)
     assert extra["phase"] == "pretrain" and extra["pretrain_step"] == 30
-    assert online.spec.cql_enabled is False and frozen.spec.cql_enabled is True
+    assert online.spec.cql.enabled is False and frozen.spec.cql.enabled is True
     assert int(online.critic.step) == 30  # optimizer state came along: 30 critic updates
     reference, _ = restore_agent(pretrained / "checkpoints", create_agent(cfg.agent, example, 6))
     for a, b in zip(*(jax_leaves(state_dict(x)) for x in (online, reference)), strict=True):
