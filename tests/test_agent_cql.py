@@ -11,7 +11,14 @@ from agent.core import create_agent, encode, policy
 from agent.cql import cql_diff
 from agent.networks import tanh_gaussian_log_prob
 from agent.returns import mc_returns, shape_rewards
-from agent.sac import _cql_samples, critic_gradients, critic_loss_and_grads, learner_step, stack_batches, update_critic
+from agent.sac import (
+    _cql_samples,
+    critic_gradients,
+    critic_loss_and_grads,
+    learner_step,
+    stack_batches,
+    update_critic,
+)
 
 STATE_DIM, ACTION_DIM, B = 3, 2, 8
 
