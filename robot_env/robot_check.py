@@ -3,7 +3,8 @@ measured or, in plain words, what is wrong and what to do.
 
     results = run_robot_check(cfg, CheckOptions(snapshot_dir=Path("runs/check")), report=print)
 
-Items, in order (a failure that makes the rest meaningless stops the robot items):
+Items, in order (a failure that makes the rest meaningless stops the robot items; the cameras
+are checked even when the arm cannot be reached):
 config (poses inside the box, limits consistent) → software (franky, libfranka) → connection →
 state (mode, errors, what the arm and hand report) → gripper (grasp only: a held peg stays held)
 → cameras (rate, frame age, a snapshot PNG each) → reset move → control loop (N env steps at the
@@ -333,13 +334,37 @@ def run_robot_check(
     record(CheckResult("config", FAIL, "; ".join(problems)) if problems else CheckResult(
         "config", PASS, "poses inside the safety box, action scales within the per-step limits, cameras named"
     ))
+    motion_items = ("reset move", "control loop", "compliant move")
+    cameras: list[CaptureThreadCamera] = []
+
+    def check_cameras() -> None:
+        if not options.cameras:
+            record(CheckResult("cameras", SKIP, "--no-cameras"))
+            return
+        for name in cfg.env.cameras:
+            result, camera = _check_camera(name, cfg, options.snapshot_dir)
+            record(result)
+            if camera is not None:
+                cameras.append(camera)
+
+    def without_arm(reason: str) -> list[CheckResult]:
+        # The cameras need no arm: a cell can be set up camera by camera before the arm is ready.
+        try:
+            check_cameras()
+        finally:
+            for camera in cameras:
+                camera.close()
+        for item in motion_items:
+            record(CheckResult(item, SKIP, reason))
+        return results
+
     versions = software_versions()
     if versions["franky"] == "not installed":
         record(CheckResult(
             "software", FAIL,
             "franky is not installed: FR3: pip install 'franka-rl[real]'; Panda: see docs/hardware.md, 'Panda or FR3'",
         ))
-        return results
+        return without_arm("franky is not installed")
     record(CheckResult(
         "software", PASS,
         f"franky {versions['franky']} with libfranka {versions['libfranka']}: {arm_family(versions['libfranka'])}",
@@ -350,8 +375,7 @@ def run_robot_check(
         robot = FrankyRobot(replace(cfg.real, gripper=use_gripper), SafetyBox.from_task(cfg.task), impedance=cfg.env.compliant)
     except (RobotError, RealConfigError, ValueError) as exc:
         record(CheckResult("connection", FAIL, str(exc)))
-        return results
-    cameras: list[CaptureThreadCamera] = []
+        return without_arm("no connection to the arm")
     env = None
     try:
         hand = " and the Franka Hand" if use_gripper else ""
@@ -366,16 +390,8 @@ def run_robot_check(
         else:
             record(CheckResult("gripper", SKIP, "the arm is not ready (see state)"))
 
-        if not options.cameras:
-            record(CheckResult("cameras", SKIP, "--no-cameras"))
-        else:
-            for name in cfg.env.cameras:
-                result, camera = _check_camera(name, cfg, options.snapshot_dir)
-                record(result)
-                if camera is not None:
-                    cameras.append(camera)
+        check_cameras()
 
-        motion_items = ("reset move", "control loop", "compliant move")
         blocked = None if options.motion else "--no-motion"
         if blocked is None and not state_ok:
             blocked = "the arm is not ready (see state)"
