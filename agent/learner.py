@@ -111,6 +111,9 @@ class Learner:
         `pretrained`: the frozen pre-trained agent behind the drift metrics; `new_buffer` makes
         every buffer (online and offline) with the agent's reward shaping."""
         validate_process_config(transport_cfg, learner=learner_cfg)
+        self.link_security = ("CURVE: encrypted, admits the actors in "
+                              f"{transport_cfg.curve_authorized_clients_dir}" if transport_cfg.curve
+                              else "no CURVE: unencrypted")
         self.agent_cfg, self.lcfg = agent_cfg, learner_cfg
         self.report = report
         lcfg = learner_cfg
@@ -410,7 +413,7 @@ class Learner:
     def run(self, status: Any = None) -> LearnerCounters:
         lcfg = self.lcfg
         self.server.start()
-        self.report(f"learner listening on {self.server.endpoint} (session {self.server.session}); "
+        self.report(f"learner listening on {self.server.endpoint} ({self.link_security}; session {self.server.session}); "
                     f"run directory {self.run_dir}")
         self.publish()
         if not self.warmup_done:

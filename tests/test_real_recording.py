@@ -107,3 +107,15 @@ def test_the_actor_env_on_the_arm_is_built_by_the_same_function(peer, tmp_path):
         assert info["intervened"] and info["executed_action"][0] == pytest.approx(0.05)
     finally:
         env.close()
+
+
+def test_a_missing_camera_is_one_line_in_the_actor(peer, tmp_path):
+    missing = tmp_path / "unplugged.avi"
+    overrides = [*real_overrides(peer, missing), f"output_dir={tmp_path}", "transport.host=127.0.0.1",
+                 "transport.bind_host=127.0.0.1", "transport.curve=false"]
+    result = franka_rl("actor", "--config", str(REAL_CONFIG), *overrides, timeout_s=120)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, result.stderr
+    assert "camera 'wrist_1'" in errors[0] and str(missing) in errors[0]
