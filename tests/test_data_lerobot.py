@@ -28,6 +28,17 @@ SIZE = 32
 LOSSY_MEAN_TOLERANCE = 10.0
 
 
+@pytest.fixture(scope="module", autouse=True)
+def hugging_face_offline_in_tmp(tmp_path_factory):
+    """ledataset's `datasets` caches parquet as arrow under HF_HOME: keep that in a temporary
+    folder, and make sure nothing reaches for the Hub."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf_home")))
+    patch.setenv("HF_HUB_OFFLINE", "1")
+    yield
+    patch.undo()
+
+
 @pytest.fixture(scope="module")
 def twin_episodes():
     """Three episodes of the twin's scripted expert, recorded as record-demos does (EpisodeRecorder),
