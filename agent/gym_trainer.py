@@ -35,7 +35,7 @@ import numpy as np
 from agent.checkpoint import AgentCheckpointer
 from agent.config import AgentConfig
 from agent.core import Agent, create_agent, eval_actions, sample_actions
-from agent.data.episodes import Episode, EpisodeStore
+from agent.data.episodes import Episode
 from agent.data.replay_buffer import BufferFactory, ReplayBuffer
 from agent.gym_env import agent_observations, make_gym_env, normalize_actions, source_spaces
 from agent.metrics import MetricsWriter, read_metrics
@@ -102,14 +102,18 @@ def algo_overrides(algo: str) -> list[str]:
 
 
 def load_offline_episodes(source: str, env: gym.Env, report: Callable[[str], None] = print) -> list[Episode]:
-    """Episodes from an episode-store directory or a local Minari dataset id, mapped to the agent's
+    """Episodes from an episode-store directory, a LeRobot dataset folder or a local Minari dataset id, mapped to the agent's
     observation dict and [-1, 1] actions with the env's own spaces."""
     observation_space, action_space = source_spaces(env)
-    if Path(source).is_dir():
-        store = EpisodeStore(source, report=report)
-        episodes = list(store.episodes())
+    if Path(source).is_dir():  # an episode directory or a LeRobotDataset v3 folder
+        from agent.data.sources import DataSourceError, read_source
+
+        try:
+            episodes = read_source(source, report=report)
+        except DataSourceError as exc:
+            raise TrainGymError(str(exc)) from None
         if not episodes:
-            raise TrainGymError(f"{source} holds no loadable episode (episode_*.npz)")
+            raise TrainGymError(f"{source} holds no loadable episode (episode_*.npz, or a LeRobot dataset)")
     else:
         from agent.data.minari_io import MinariError, import_minari
 

@@ -32,7 +32,6 @@ import numpy as np
 from agent.checkpoint import AgentCheckpointer
 from agent.config import AgentConfig
 from agent.core import Agent, agent_encode_frames, uses_feature_cache
-from agent.data.episodes import EpisodeStore
 from agent.data.replay_buffer import BufferFactory, ReplayBuffer
 from agent.metrics import MetricsWriter
 from agent.param_sync import all_finite, backbone_digest, export_acting_params, export_backbone
@@ -168,11 +167,18 @@ class Learner:
         return lambda frames: np.asarray(agent_encode_frames(self.agent, frames))
 
     def _load_offline(self, directories: Sequence[str], feature_fn) -> ReplayBuffer:
+        from agent.data.lerobot_io import ExpectedLayout
+        from agent.data.sources import DataSourceError, read_source
+
+        cameras = tuple(k for k, (shape, dtype) in self.spec.items() if np.dtype(dtype) == np.uint8 and len(shape) == 3)
+        state = self.spec.get("state")
+        layout = ExpectedLayout(cameras=cameras, state_dim=int(state[0][0]) if state and len(state[0]) == 1 else None,
+                                action_dim=self.action_dim)
         episodes = []
-        for directory in directories:
+        for directory in directories:  # episode folders, LeRobot folders, minari:<id>, episode files
             try:
-                episodes.extend(EpisodeStore(directory).episodes())
-            except FileNotFoundError as exc:
+                episodes.extend(read_source(directory, layout=layout, report=self.report))
+            except (DataSourceError, FileNotFoundError) as exc:
                 raise LearnerError(f"--offline-data: {exc}") from None
         if not episodes:
             raise LearnerError(f"--offline-data {' '.join(directories)} holds no episodes")

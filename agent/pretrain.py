@@ -27,15 +27,14 @@ from agent.calibration import calibration_points, calibration_summary, plot_cali
 from agent.checkpoint import AgentCheckpointer
 from agent.config import AgentConfig
 from agent.core import Agent, agent_encode_frames, create_agent, replace_spec, uses_feature_cache
-from agent.data.episodes import CorruptEpisodeError, Episode, EpisodeStore, load_episode
+from agent.data.episodes import Episode
+from agent.data.lerobot_io import ANY_LAYOUT, ExpectedLayout
 from agent.data.replay_buffer import BufferFactory, ReplayBuffer
+from agent.data.sources import MINARI_PREFIX, PICKLE_SUFFIXES, DataSourceError, read_source  # noqa: F401  (MINARI_PREFIX, PICKLE_SUFFIXES: kept importable from here)
 from agent.metrics import MetricsWriter
 from agent.offline_config import PretrainConfig
 from agent.sac import learner_step, stack_batches
 from robot_env.errors import UserError
-
-MINARI_PREFIX = "minari:"
-PICKLE_SUFFIXES = (".pkl", ".pickle")
 
 
 class DatasetError(UserError, ValueError):
@@ -68,16 +67,18 @@ class OfflineDataset:
 
 
 def load_offline_episodes(paths: Sequence[str], *, trust_pickle: bool = False,
-                          report: Callable[[str], None] = _warn) -> OfflineDataset:
-    """Episodes from episode directories, single episode files, SERL pickles (`*.pkl`, only with
-    `trust_pickle`: unpickling runs code) and local Minari datasets (`minari:<dataset id>`).
+                          report: Callable[[str], None] = _warn,
+                          layout: ExpectedLayout = ANY_LAYOUT) -> OfflineDataset:
+    """Episodes from episode directories, single episode files, LeRobotDataset v3 folders (mapped
+    and checked against `layout`), SERL pickles (`*.pkl`, only with `trust_pickle`: unpickling runs
+    code) and local Minari datasets (`minari:<dataset id>`); see `agent.data.sources`.
 
     Corrupt episode files are reported, listed in `skipped` and left out; a source that cannot be
     read at all is a DatasetError."""
     episodes: list[Episode] = []
     skipped: list[tuple[str, str]] = []
     for source in paths:
-        found = _load_source(str(source), trust_pickle, report, skipped)
+        found = _load_source(str(source), trust_pickle, report, skipped, layout)
         episodes.extend(e for e in found if len(e) > 0)
     if not episodes:
         raise DatasetError(f"no usable episodes in {', '.join(map(str, paths))}: record demos first "
@@ -95,43 +96,11 @@ def load_offline_episodes(paths: Sequence[str], *, trust_pickle: bool = False,
 
 
 def _load_source(source: str, trust_pickle: bool, report: Callable[[str], None],
-                 skipped: list[tuple[str, str]]) -> list[Episode]:
-    if source.startswith(MINARI_PREFIX):
-        from agent.data.minari_io import MinariError, import_minari
-
-        try:
-            return list(import_minari(source[len(MINARI_PREFIX):]))
-        except MinariError as exc:
-            raise DatasetError(str(exc)) from None
-    path = Path(source)
-    if not path.exists():
-        raise DatasetError(f"data path {path} does not exist (give episode directories, episode files, "
-                           f"SERL *.pkl files or {MINARI_PREFIX}<dataset id>)")
-    if path.is_dir():
-        store = EpisodeStore(path, report=report)
-        episodes = list(store.episodes())
-        skipped.extend((str(p), reason) for p, reason in store.skipped)
-        return episodes
-    if path.suffix in PICKLE_SUFFIXES:
-        from agent.data.serl import (
-            PICKLE_WARNING,
-            SerlImportError,
-            load_serl_pickle,
-            serl_transitions_to_episodes,
-        )
-
-        if not trust_pickle:
-            raise DatasetError(f"{path} is a pickle. {PICKLE_WARNING}; pass --trust-pickle to load it")
-        try:
-            return serl_transitions_to_episodes(load_serl_pickle(path, trusted=True), origin=str(path))
-        except SerlImportError as exc:
-            raise DatasetError(str(exc)) from None
+                 skipped: list[tuple[str, str]], layout: ExpectedLayout) -> list[Episode]:
     try:
-        return [load_episode(path)]
-    except CorruptEpisodeError as exc:
-        skipped.append((str(path), exc.reason))
-        report(f"skipping {exc}")
-        return []
+        return read_source(source, trust_pickle=trust_pickle, report=report, skipped=skipped, layout=layout)
+    except DataSourceError as exc:
+        raise DatasetError(str(exc)) from None
 
 
 def check_image_size(episodes: Sequence[Episode], image_keys: Sequence[str], height: int, width: int) -> None:

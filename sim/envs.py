@@ -202,3 +202,28 @@ def sim_world(env: gym.Env) -> SimWorld:
             f"{type(env.unwrapped).__name__} is not the MuJoCo twin (its robot is {type(robot).__name__})"
         )
     return robot.world
+
+
+def _dotted(prefix: str, value: Any) -> dict[str, Any]:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out: dict[str, Any] = {}
+        for item in dataclasses.fields(value):
+            out.update(_dotted(f"{prefix}.{item.name}", getattr(value, item.name)))
+        return out
+    if isinstance(value, tuple):
+        value = list(value)
+    return {prefix: value}
+
+
+def twin_env_spec(task: TaskConfig, env: EnvConfig, sim: SimConfig):
+    """The registered twin's `EnvSpec` (`sim.ENV_ID`, or the state-only id without cameras) whose
+    kwargs rebuild exactly this configuration: every field of the three sections as a dotted
+    override (`{"env.image_height": 64, ...}`), which `make_env` applies. JSON-serialisable, so
+    Minari can store it and `minari.load_dataset(...).recover_environment()` can build the env."""
+    from sim import ENV_ID, STATE_ENV_ID
+
+    kwargs: dict[str, Any] = {}
+    for name, section in (("task", task), ("env", env), ("sim", sim)):
+        kwargs.update(_dotted(name, section))
+    spec = gym.spec(ENV_ID if env.cameras else STATE_ENV_ID)
+    return dataclasses.replace(spec, kwargs=kwargs)

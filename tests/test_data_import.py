@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -145,3 +146,82 @@ def test_dataset_info_names_corrupt_files(tmp_path, capsys):
     assert "successes          1 (50.0 %)" in out
     assert (tmp_path / "sheet.png").stat().st_size > 0
     assert main(["dataset", "info", str(tmp_path / "nowhere")]) == 2
+
+
+def test_minari_twin_export_recovers_the_env_and_compresses_frames(tmp_path, minari_root, capsys):
+    import h5py
+    import minari
+
+    from agent.data.sim_expert import expert_episodes
+    from sim import make_env
+
+    overrides = ["env.image_height=16", "env.image_width=16", "task.max_episode_steps=6"]
+    env = make_env(**{"env.image_height": 16, "env.image_width": 16, "task.max_episode_steps": 6})
+    store = EpisodeStore(tmp_path / "eps", create=True)
+    try:
+        for episode in expert_episodes(env, 2, noise=0.2):
+            store.write(episode)
+    finally:
+        env.close()
+    # A config that does not match the recorded frames is refused rather than stored wrongly.
+    assert main(["dataset", "export-minari", str(tmp_path / "eps"), "franka/twin-v0"]) == 2
+    assert "env.image_height" in capsys.readouterr().err
+    assert main(["dataset", "export-minari", str(tmp_path / "eps"), "franka/twin-v0", *overrides]) == 0
+    assert "env_spec: FrankaPegInsertionSim-v0" in capsys.readouterr().out
+    dataset = minari.load_dataset("franka/twin-v0")
+    assert dataset.env_spec.id == "FrankaPegInsertionSim-v0"
+    recovered = dataset.recover_environment()
+    try:
+        observation, _ = recovered.reset(seed=0)
+        assert observation["wrist_1"].shape == (16, 16, 3)
+        assert recovered.action_space.shape == dataset.action_space.shape == (6,)
+        _, reward, terminated, truncated, _ = recovered.step(np.zeros(6, np.float32))
+        assert np.isfinite(reward) and not terminated
+    finally:
+        recovered.close()
+    (data_file,) = minari_root.rglob("*.hdf5")
+    with h5py.File(data_file) as handle:
+        assert handle["episode_0/observations/wrist_1"].compression == "gzip"
+    back = list(import_minari("franka/twin-v0"))
+    for original, episode in zip(store.episodes(), back, strict=True):
+        np.testing.assert_array_equal(episode.observations["wrist_2"], original.observations["wrist_2"])
+
+
+def foreign_minari(dataset_id, action_space, actions, infos, rewards):
+    """A Minari dataset written by Minari's own API, as another project would publish it."""
+    import gymnasium as gym
+    import minari
+    from minari.data_collector.episode_buffer import EpisodeBuffer
+
+    steps = len(rewards)
+    buffer = EpisodeBuffer(id=0, observations=np.zeros((steps + 1, 3), np.float32), actions=actions,
+                           rewards=np.asarray(rewards, np.float32), terminations=np.eye(steps, dtype=bool)[-1],
+                           truncations=np.zeros(steps, bool), infos=infos)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # Minari's advice on optional fields
+        minari.create_dataset_from_buffers(dataset_id, [buffer], action_space=action_space,
+                                           observation_space=gym.spaces.Box(-1, 1, (3,), np.float32),
+                                           algorithm_name="other", data_format="hdf5")
+
+
+def test_minari_import_refuses_discrete_actions(minari_root):
+    import gymnasium as gym
+
+    foreign_minari("other/discrete-v0", gym.spaces.Discrete(4), np.array([0, 3, 1]), {}, [0.0, 0.0, 1.0])
+    with pytest.raises(MinariError, match="discrete .*Discrete"):
+        list(import_minari("other/discrete-v0"))
+
+
+def test_minari_success_comes_from_is_success_and_a_guess_is_announced(minari_root):
+    import gymnasium as gym
+
+    box = gym.spaces.Box(-1, 1, (2,), np.float32)
+    actions = np.zeros((3, 2), np.float32)
+    dense = [0.5, 0.7, 0.9]  # a dense reward: positive on every step of a failed episode
+    foreign_minari("other/labelled-v0", box, actions, {"is_success": np.zeros(4, bool)}, dense)
+    reports = []
+    (episode,) = import_minari("other/labelled-v0", report=reports.append)
+    assert not episode.success and reports == []
+    foreign_minari("other/unlabelled-v0", box, actions, {}, dense)
+    (episode,) = import_minari("other/unlabelled-v0", report=reports.append)
+    assert episode.success and len(reports) == 1 and "guessed" in reports[0]

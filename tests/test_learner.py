@@ -126,7 +126,8 @@ def test_warmup_gate_then_updates_publish_finite_params(tmp_path):
     learner.server.close()
 
 
-def test_offline_data_is_mixed_into_each_batch(tmp_path):
+@pytest.mark.parametrize("data_format", ["episodes", "lerobot"])
+def test_offline_data_is_mixed_into_each_batch(tmp_path, data_format):
     store = EpisodeStore(tmp_path / "demos", create=True)
     rng = np.random.default_rng(0)
     for _ in range(2):
@@ -138,7 +139,13 @@ def test_offline_data_is_mixed_into_each_batch(tmp_path):
     cfg = config(tmp_path, "agent.online.offline_ratio=0.5")
     with pytest.raises(LearnerError, match="--offline-data"):
         make_learner(cfg)
-    learner = make_learner(cfg, offline_dirs=[str(tmp_path / "demos")])
+    offline = tmp_path / "demos"
+    if data_format == "lerobot":  # --offline-data takes a LeRobotDataset v3 folder as it is
+        from agent.data.lerobot_io import export_lerobot
+
+        export_lerobot(store.episodes(), tmp_path / "demos_lerobot", fps=10)
+        offline = tmp_path / "demos_lerobot"
+    learner = make_learner(cfg, offline_dirs=[str(offline)])
     assert learner.offline.num_transitions == 10
     deliver(learner, "a0/x", 1, chunk(0, 0, 6, end=True))
     from agent.sampling import sample_batches

@@ -18,11 +18,13 @@ def expert_episodes(env: gym.Env, count: int, *, noise: float = 0.3, perturbatio
 
     expert = PegInsertionExpert(env, noise=noise, perturbation_prob=perturbation_prob, seed=seed)
     recorder = EpisodeRecorder(None)
+    control_hz = float(env.unwrapped.env_cfg.control_hz)
     for index in range(count):
         observation, _ = env.reset(seed=seed + index)
         expert.reset()
         recorder.start(observation, make_metadata(task="peg_insertion", source="teleop", seed=seed + index,
-                                                  device="scripted", noise=noise))
+                                                  device="scripted", noise=noise, mode="sim",
+                                                  control_hz=control_hz))
         done = False
         while not done:
             action = expert.act(observation)

@@ -1,4 +1,4 @@
-"""`franka-rl dataset`: inspect recorded episodes; import SERL pickles; import/export Minari."""
+"""`franka-rl dataset`: inspect recorded episodes; import SERL pickles; import/export LeRobot and Minari."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from franka_rl.cli import UserError
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "dataset",
-        help="inspect an episode directory; import SERL pickles; import/export Minari datasets",
+        help="inspect an episode directory; import SERL pickles; import/export LeRobot and Minari datasets",
         description="Tools for recorded episode directories (see docs/data.md for the format).",
         epilog="example: franka-rl dataset info runs/demos   (franka-rl dataset ACTION --help for each action)",
     )
@@ -63,14 +63,67 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            "Hand reading; 1 if the width was recorded in metres)")
     serl.set_defaults(handler=run_import_serl)
 
+    lerobot_out = sub.add_parser(
+        "export-lerobot",
+        help="write an episode directory as a LeRobotDataset v3 folder (parquet + MP4 per camera)",
+        description=(
+            "Export episodes to a new LeRobotDataset v3 folder: meta/info.json, parquet tables, one MP4 "
+            "per camera (H.264; browser-playable yuv420p by default, bit-exact with --lossless). State is "
+            "observation.state, actions action, rewards next.reward, plus next.done/terminated/truncated, "
+            "next.success and intervened; see docs/data.md."
+        ),
+        epilog="example: franka-rl dataset export-lerobot runs/demos runs/demos_lerobot --task 'insert the peg'",
+    )
+    lerobot_out.add_argument("path", metavar="EPISODES_DIR", help="episode directory")
+    lerobot_out.add_argument("out", metavar="OUT_DIR", help="new folder for the LeRobot dataset")
+    lerobot_out.add_argument("--task", default=None,
+                             help="task text for every episode (default: each episode's metadata task)")
+    lerobot_out.add_argument("--fps", type=int, default=None,
+                             help="frame rate (default: the control rate, control_hz, in the episodes' metadata)")
+    lerobot_out.add_argument("--lossless", action="store_true",
+                             help="bit-exact video (H.264 RGB, crf 0; larger, not playable in browsers)")
+    lerobot_out.set_defaults(handler=run_export_lerobot)
+
+    lerobot_in = sub.add_parser(
+        "import-lerobot",
+        help="convert a local LeRobotDataset v3 folder into an episode directory",
+        description=(
+            "Import a LeRobotDataset v3 folder (nothing is downloaded): observation.state -> state, "
+            "observation.images.<camera> -> <camera>, action, next.reward, next.done, ... (docs/data.md). "
+            "A feature that does not fit the config (state size, a camera not in env.cameras, discrete "
+            "actions, an unknown feature) is refused by name: --rename or --drop it."
+        ),
+        epilog="example: franka-rl dataset import-lerobot downloads/peg_lerobot runs/from_lerobot "
+               "--rename top=wrist_1 --drop observation.images.side",
+    )
+    lerobot_in.add_argument("path", metavar="LEROBOT_DIR", help="LeRobot dataset folder (holds meta/info.json)")
+    lerobot_in.add_argument("out", metavar="OUT_EPISODES_DIR",
+                            help="episode directory to write (appended to if it exists)")
+    lerobot_in.add_argument("--config", default=None,
+                            help="config whose cameras, state and action sizes the data must fit (default: the twin)")
+    lerobot_in.add_argument("--rename", action="append", default=[], metavar="CAMERA=NAME",
+                            help="store LeRobot camera CAMERA (observation.images.CAMERA) as NAME (repeatable)")
+    lerobot_in.add_argument("--drop", action="append", default=[], metavar="FEATURE",
+                            help="leave this LeRobot feature out (repeatable)")
+    lerobot_in.set_defaults(handler=run_import_lerobot)
+
     export = sub.add_parser(
         "export-minari",
-        help="write an episode directory as a Minari dataset (lossless HDF5)",
-        description="Export episodes to a new local Minari dataset (frames stored losslessly).",
-        epilog="example: franka-rl dataset export-minari runs/demos franka/peg-insertion-demos-v0",
+        help="write an episode directory as a Minari dataset (lossless, gzip-compressed HDF5)",
+        description=(
+            "Export episodes to a new local Minari dataset (frames stored losslessly, gzip-compressed). "
+            "Twin recordings (metadata mode 'sim') get the twin's env_spec, built from --config and "
+            "KEY=VALUE overrides, so minari's recover_environment() builds the env."
+        ),
+        epilog="example: franka-rl dataset export-minari runs/demos franka/peg-insertion-demos-v0 "
+               "env.image_height=64 env.image_width=64",
     )
     export.add_argument("path", help="episode directory")
     export.add_argument("dataset_id", help="Minari dataset id, e.g. franka/peg-insertion-demos-v0")
+    export.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="config overrides for the twin's env_spec (the config the episodes were recorded with)")
+    export.add_argument("--config", default=None,
+                        help="config the episodes were recorded with, for the twin's env_spec (default: the twin)")
     export.add_argument("--minari-root", default=None,
                         help="Minari datasets folder (default: $MINARI_DATASETS_PATH or ~/.minari/datasets)")
     export.add_argument("--description", default="", help="dataset description")
@@ -180,6 +233,26 @@ def _minari_root(root: str | None) -> None:
         os.environ["MINARI_DATASETS_PATH"] = str(Path(root).resolve())
 
 
+def _twin_env_spec(episodes, config: str | None, overrides: list[str]):
+    """The twin's EnvSpec for `episodes` when all were recorded in the twin, else None. Refuses a
+    config whose cameras or image size differ from the recorded frames."""
+    if not episodes or any(e.metadata.get("mode") != "sim" for e in episodes):
+        return None
+    from franka_rl.config import load_config
+    from sim.envs import twin_env_spec
+
+    cfg = load_config(config, overrides)
+    first = episodes[0].observations
+    cameras = [k for k in first if k != "state"]
+    if sorted(cameras) != sorted(cfg.env.cameras) or any(
+            first[k].shape[1:3] != (cfg.env.image_height, cfg.env.image_width) for k in cameras):
+        sizes = {k: "x".join(map(str, first[k].shape[1:3])) for k in cameras}
+        raise UserError(f"the episodes' cameras {sizes} differ from the config's env.cameras {cfg.env.cameras} at "
+                        f"{cfg.env.image_height}x{cfg.env.image_width}: give the config they were recorded with "
+                        "(--config FILE and KEY=VALUE overrides, e.g. env.image_height=64 env.image_width=64)")
+    return twin_env_spec(cfg.task, cfg.env, cfg.sim)
+
+
 def run_export_minari(args: argparse.Namespace) -> int:
     from agent.data.minari_io import MinariError, export_minari
 
@@ -187,12 +260,58 @@ def run_export_minari(args: argparse.Namespace) -> int:
     if not store.paths():
         raise UserError(f"{args.path} holds no episode files (episode_*.npz)")
     _minari_root(args.minari_root)
+    episodes = list(store.episodes())
+    env_spec = _twin_env_spec(episodes, args.config, args.overrides)
     try:
-        dataset = export_minari(store.episodes(), args.dataset_id, description=args.description, author=args.author)
+        dataset = export_minari(episodes, args.dataset_id, description=args.description, author=args.author,
+                                env_spec=env_spec)
     except MinariError as exc:
         raise UserError(str(exc)) from None
     print(f"wrote Minari dataset {args.dataset_id}: {dataset.total_episodes} episodes, "
           f"{dataset.total_steps} steps, at {dataset.storage.data_path}")
+    print(f"env_spec: {env_spec.id} (recover_environment() builds it)" if env_spec is not None else
+          "env_spec: none (not twin recordings: recover_environment() is not available)")
+    return 0
+
+
+def run_export_lerobot(args: argparse.Namespace) -> int:
+    from agent.data.lerobot_io import LeRobotError, export_lerobot
+
+    store = _store(args.path)
+    if not store.paths():
+        raise UserError(f"{args.path} holds no episode files (episode_*.npz)")
+    try:
+        result = export_lerobot(store.episodes(), args.out, task=args.task, fps=args.fps, lossless=args.lossless)
+    except LeRobotError as exc:
+        raise UserError(str(exc)) from None
+    print(f"wrote LeRobotDataset v3 {result.root}: {result.episodes} episodes, {result.frames} frames "
+          f"at {result.fps} fps, tasks {result.tasks}")
+    return 0
+
+
+def run_import_lerobot(args: argparse.Namespace) -> int:
+    from agent.data.lerobot_io import (
+        LeRobotError,
+        is_lerobot_dataset,
+        layout_from_spaces,
+        read_lerobot,
+    )
+    from franka_rl.config import load_config
+    from robot_env import wrapped_spaces
+
+    if not is_lerobot_dataset(args.path):
+        raise UserError(f"{args.path} is not a LeRobot dataset folder (no meta/info.json)")
+    cfg = load_config(args.config)
+    layout = layout_from_spaces(*wrapped_spaces(cfg.task, cfg.env))
+    try:
+        # Every episode converted before any is written: a refused feature leaves no half import.
+        episodes = list(read_lerobot(args.path, layout=layout, rename=_renames(args.rename), drop=args.drop))
+    except LeRobotError as exc:
+        raise UserError(f"{args.path}: {exc}") from None
+    store = _store(args.out, create=True)
+    for episode in episodes:
+        store.write(episode)
+    print(f"wrote {len(episodes)} episodes ({sum(len(e) for e in episodes)} steps) to {args.out}")
     return 0
 
 

@@ -38,7 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--pretrained", default=None, metavar="DIR",
                         help="start from this pre-trained checkpoint directory (WSRL); without it, from scratch")
     parser.add_argument("--offline-data", nargs="+", default=(), metavar="DIR",
-                        help="episode directories mixed into every batch per agent.online.offline_ratio")
+                        help="episode directories, LeRobotDataset v3 folders or minari:<id>, mixed into every "
+                             "batch per agent.online.offline_ratio")
     parser.set_defaults(handler=run)
 
     keys = subparsers.add_parser(

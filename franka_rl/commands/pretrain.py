@@ -14,7 +14,7 @@ _OVERRIDE = re.compile(r"^[A-Za-z_][\w]*(\.[\w]+)*=")
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "pretrain",
-        help="offline pre-training (Cal-QL by default) on recorded episodes, SERL pickles or Minari data",
+        help="offline pre-training (Cal-QL by default) on recorded episodes, LeRobot, Minari or SERL data",
         description=(
             "Pre-train the agent offline with the CQL penalty (Cal-QL with the wsrl preset, the default; "
             "plain CQL with --preset cql) on recorded data, holding out pretrain.holdout_episodes "
@@ -23,12 +23,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "with the same --out to resume from the latest checkpoint."
         ),
         epilog=(
-            "data sources: episode directories, single episode files, SERL/HIL-SERL transition pickles "
+            "data sources: episode directories, single episode files, LeRobotDataset v3 folders, "
+            "SERL/HIL-SERL transition pickles "
             "(*.pkl, with --trust-pickle), local Minari datasets (minari:<dataset id>). KEY=VALUE overrides "
             "may follow --data: an item that is not an existing path and looks like key=value is one.\n"
             "examples:\n"
             "  franka-rl pretrain --data runs/demos --out runs/pretrain\n"
             "  franka-rl pretrain --preset cql --data runs/demos runs/old_run/episodes --steps 50000\n"
+            "  franka-rl pretrain --data runs/peg_lerobot   # a LeRobotDataset v3 folder\n"
             "  franka-rl pretrain --data minari:franka/peg-demos-v0 serl_demos.pkl --trust-pickle "
             "agent.sac.batch_size=128"
         ),
@@ -36,7 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_config_arguments(parser)
     parser.add_argument("--data", nargs="+", action="extend", required=True, metavar="PATH",
-                        help="episode directories/files, SERL *.pkl, or minari:<id> (loaded in this order)")
+                        help="episode directories/files, LeRobot dataset folders, SERL *.pkl, or minari:<id> "
+                             "(loaded in this order)")
     parser.add_argument("--out", default=None, help="run folder (default: <output_dir>/pretrain)")
     parser.add_argument("--steps", type=int, default=None, help="gradient steps (pretrain.steps, default 200000)")
     parser.add_argument("--trust-pickle", action="store_true",
@@ -79,7 +82,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"pretrain: {use_device(cfg.pretrain.device, 'pretrain.device')}", flush=True)
     warn_random_backbone(cfg, print)
 
-    dataset = load_offline_episodes(data, trust_pickle=args.trust_pickle)
+    from agent.data.lerobot_io import layout_from_spaces
+    from robot_env import wrapped_spaces
+
+    dataset = load_offline_episodes(data, trust_pickle=args.trust_pickle,
+                                    layout=layout_from_spaces(*wrapped_spaces(cfg.task, cfg.env)))
     check_image_size(dataset.episodes, cfg.agent.encoder.image_keys, cfg.env.image_height, cfg.env.image_width)
     skipped = f", skipped {len(dataset.skipped)} corrupt file(s)" if dataset.skipped else ""
     print(f"data: {len(dataset.episodes)} episodes, {dataset.transitions} transitions, "
