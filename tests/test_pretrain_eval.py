@@ -204,7 +204,8 @@ def test_load_offline_episodes_from_pickles_files_and_stores(tmp_path):
     from agent.pretrain import DatasetError, load_offline_episodes
 
     rng = np.random.default_rng(0)
-    episodes = [synthetic_episode(rng, 5, cameras=(), episode_index=i, success=i == 0) for i in range(3)]
+    # A 7-D state (not SERL's Franka state, which needs `dataset import-serl` to be mapped).
+    episodes = [synthetic_episode(rng, 5, cameras=(), state_dim=7, episode_index=i, success=i == 0) for i in range(3)]
     transitions = [
         {"observations": {"state": e.observations["state"][t][None]},
          "next_observations": {"state": e.observations["state"][t + 1][None]},
@@ -224,6 +225,12 @@ def test_load_offline_episodes_from_pickles_files_and_stores(tmp_path):
     assert [p for p, _ in dataset.skipped] == [str(broken)] and str(broken) in reports[0]
     with pytest.raises(DatasetError, match="--trust-pickle"):
         load_offline_episodes([str(pickle_path)])
+    franka = tmp_path / "serl_franka.pkl"
+    franka.write_bytes(pickle.dumps([{**t, "observations": {"state": np.zeros((1, 19), np.float32)},
+                                      "next_observations": {"state": np.zeros((1, 19), np.float32)}}
+                                     for t in transitions]))
+    with pytest.raises(DatasetError, match="dataset import-serl"):
+        load_offline_episodes([str(franka)], trust_pickle=True)
     with pytest.raises(DatasetError, match="disagree"):
         other = synthetic_episode(rng, 4, cameras=("wrist_1",), image_size=8)
         write_episode_file(other, tmp_path / "episode_000009.npz")

@@ -56,6 +56,10 @@ class SerlImportError(UserError, ValueError):
     """A SERL file that does not hold transitions in the expected layout."""
 
 
+class SerlLayoutError(SerlImportError):
+    """SERL's Franka state arrived without a mapping into STATE_LAYOUT (or --state-as-is)."""
+
+
 @dataclass(frozen=True)
 class SerlStateMapping:
     """How SERL's state becomes ours: the frame ours is relative to, and the gripper's scale.
@@ -172,7 +176,7 @@ def _observation(obs: Any, rename: Mapping[str, str], mapping: SerlStateMapping 
     for key, value in obs.items():
         if key == "state" and not state_as_is and _is_serl_state(value):
             if mapping is None:
-                raise SerlImportError(
+                raise SerlLayoutError(
                     "the file holds SERL's Franka state (its dict, or flattened to 19/20 numbers in sorted-key "
                     "order), which is not our STATE_LAYOUT: give the task's nominal reset pose to map it "
                     "(--nominal-pose or --config), or keep it as is (--state-as-is) if it already is ours")

@@ -87,6 +87,7 @@ def read_source(source: str | os.PathLike, *, trust_pickle: bool = False,
         from agent.data.serl import (
             PICKLE_WARNING,
             SerlImportError,
+            SerlLayoutError,
             load_serl_pickle,
             serl_transitions_to_episodes,
         )
@@ -95,6 +96,10 @@ def read_source(source: str | os.PathLike, *, trust_pickle: bool = False,
             raise DataSourceError(f"{path} is a pickle. {PICKLE_WARNING}; pass --trust-pickle to load it")
         try:
             return serl_transitions_to_episodes(load_serl_pickle(path, trusted=True), origin=str(path))
+        except SerlLayoutError as exc:
+            raise DataSourceError(
+                f"{path}: {exc}. Those are options of the import: `franka-rl dataset import-serl {path} --out DIR "
+                "--trusted --config YOUR_CELL.yaml` (or --state-as-is), then pass DIR") from None
         except SerlImportError as exc:
             raise DataSourceError(str(exc)) from None
     try:
