@@ -32,7 +32,7 @@ from agent.pretrained import (
     save_native,
 )
 from agent.vision import IMAGENET_MEAN, IMAGENET_STD
-from agent.weights import REGISTRY
+from agent.weights import REGISTRY, default_native_path
 from franka_rl.assemble import build_agent
 from franka_rl.cli import main
 from franka_rl.config import CONFIG_DIR, load_config
@@ -322,3 +322,28 @@ def test_load_names_the_first_mismatched_leaf(serl_pickle, tmp_path):
     assert "\n" not in message
     with pytest.raises(PretrainedWeightsError, match="holds resnet10 weights but the config asks for resnet18"):
         load_backbone_params(good, "resnet18")
+
+
+# ------------------------------------------------------------------------------ the real config
+
+
+def test_real_config_points_both_encoders_at_the_fetched_resnet10():
+    cfg = load_config(REAL_CONFIG)
+    assert cfg.agent.encoder.backbone == cfg.classifier.backbone == "resnet10"
+    assert cfg.agent.encoder.pretrained_path == cfg.classifier.pretrained_path == default_native_path("resnet10")
+    assert default_native_path("resnet10") == "~/.cache/franka_rl/weights/resnet10.npz"
+
+
+@pytest.mark.parametrize("command", [["actor"], ["train-classifier", "--data", "runs/none"]])
+def test_real_run_without_the_file_fails_in_one_line_before_the_arm(command, tmp_path, monkeypatch, capsys):
+    """The shipped real config with no fetched file: one line naming the fetch command, before any
+    robot connection (the config's arm address is not reachable from here)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    rc = main([*command, "--config", str(REAL_CONFIG)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    line = [x for x in err.splitlines() if x.strip()][-1]
+    expected = tmp_path / ".cache" / "franka_rl" / "weights" / "resnet10.npz"
+    assert f"backbone weights file {expected} not found: run `franka-rl weights fetch resnet10`" in line
+    assert ("classifier.pretrained_path=''" if command[0] == "train-classifier"
+            else "agent.encoder.pretrained_path=''") in line
