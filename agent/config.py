@@ -60,8 +60,9 @@ class EncoderConfig:
     # Image keys used when present in the observation; a state-only env simply has none.
     image_keys: list[str] = field(default_factory=lambda: ["wrist_1", "wrist_2"])
     backbone: str = "resnet10"
-    # Local weights file ("" = random initialisation). resnet10: SERL's resnet10_params.pkl;
-    # resnet18/34: a torchvision state dict (.pth). Nothing is downloaded.
+    # Local weights file ("" = random initialisation): the .npz `franka-rl weights fetch NAME`
+    # prints (~ is expanded), or a published file as it is (resnet10: SERL's resnet10_params.pkl;
+    # resnet18/34: a torchvision state dict, .pth). Nothing is downloaded at run time.
     pretrained_path: str = ""
     # Frozen by default: features can then be cached per stored frame (docs/agent.md).
     freeze_backbone: bool = True

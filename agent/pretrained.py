@@ -1,5 +1,10 @@
-"""Pretrained backbone weights from local files (nothing is downloaded).
+"""Pretrained backbone weights from local files (nothing is downloaded here; `agent.weights`
+fetches the published ones).
 
+- This project's native format (what `franka-rl weights fetch/convert` write, the default): an
+  `.npz` of the Flax backbone parameter tree, one array per leaf named by its path
+  (`stage0_block0/conv1/kernel`), plus a JSON record under `__franka_rl_weights__` (backbone,
+  source URL, sha256 of the source file, conversion version). Read without pickle.
 - ResNet-18/34: a torchvision state dict (`resnet18-f37072fd.pth` etc., or any file saved with
   `torch.save(model.state_dict())` using torchvision's parameter names). Read with
   `torch.load(weights_only=True)`; torch comes with the optional `pretrained` extra
@@ -11,8 +16,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -38,25 +46,139 @@ _WHERE = {
     "resnet34": "torchvision's resnet34 ImageNet state dict (resnet34-b627a593.pth)",
 }
 
+#: The key of the JSON metadata record inside a native weights file.
+META_KEY = "__franka_rl_weights__"
+NATIVE_FORMAT = "franka-rl-backbone"
+#: Bumped whenever the conversion of a published file into native params changes.
+CONVERSION_VERSION = 1
 
-def _missing_file_message(path: Path, backbone: str) -> str:
+
+def missing_file_message(path: Path, backbone: str, key: str) -> str:
     return (
-        f"backbone weights file {path} not found. Download {_WHERE[backbone]} on a machine with "
-        f"network access, copy it to {path} (or set agent.encoder.pretrained_path to where it is), "
-        "or set agent.encoder.pretrained_path='' to start from random weights."
+        f"backbone weights file {path} not found: run `franka-rl weights fetch {backbone}` on a machine with "
+        f"internet (it prints where the file goes; copy it to {path} on an offline PC), or convert "
+        f"{_WHERE[backbone]} with `franka-rl weights convert FILE --backbone {backbone}`, or set {key}='' "
+        "to accept a random backbone"
     )
 
 
-def load_backbone_params(path: str | Path, backbone: str) -> dict:
-    """Flax params for `make_backbone(backbone)` from a local weights file."""
+def is_native_file(path: str | Path) -> bool:
+    """Whether `path` is a zip (an `.npz`) holding this project's weights record."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return f"{META_KEY}.npy" in archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def load_backbone_params(path: str | Path, backbone: str, key: str = "agent.encoder.pretrained_path") -> dict:
+    """Flax params for `make_backbone(backbone)` from a local weights file: this project's `.npz`
+    (checked against the built network), SERL's pickle (resnet10) or a torchvision state dict.
+    `key`: the config key that named the file, for the messages."""
     path = Path(path).expanduser()
     if backbone not in STAGE_SIZES:
         raise PretrainedWeightsError(f"unknown backbone '{backbone}'; choose one of {sorted(STAGE_SIZES)}")
     if not path.is_file():
-        raise PretrainedWeightsError(_missing_file_message(path, backbone))
+        raise PretrainedWeightsError(missing_file_message(path, backbone, key))
+    if path.suffix == ".npz" or is_native_file(path):
+        params, meta = load_native(path)
+        if meta.get("backbone") != backbone:
+            raise PretrainedWeightsError(
+                f"{path} holds {meta.get('backbone')} weights but the config asks for {backbone}: set the "
+                f"backbone to {meta.get('backbone')} or {key} to a {backbone} file")
+        _check_shapes(params, backbone, str(path))
+        return params
+    return import_published(path, backbone)
+
+
+def import_published(path: str | Path, backbone: str) -> dict:
+    """Flax params from a published file: SERL's pickle (resnet10) or a torchvision state dict."""
     if backbone == "resnet10":
         return import_serl_resnet10(path)
     return import_torchvision_resnet(path, backbone)
+
+
+# ---------------------------------------------------------------------------------------------
+# native format
+
+
+def flatten_params(params: dict) -> dict[str, np.ndarray]:
+    """{"a/b/kernel": array} from a nested param tree."""
+    out: dict[str, np.ndarray] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict) or hasattr(node, "items"):
+            for name, child in node.items():
+                if "/" in str(name):
+                    raise ValueError(f"parameter name {name!r} contains '/'")
+                walk(f"{prefix}/{name}" if prefix else str(name), child)
+        else:
+            out[prefix] = np.asarray(node, dtype=np.float32)
+
+    walk("", params)
+    return out
+
+
+def unflatten_params(flat: dict[str, np.ndarray]) -> dict:
+    tree: dict[str, Any] = {}
+    for name, value in flat.items():
+        node = tree
+        *parents, leaf = name.split("/")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
+
+
+def save_native(path: str | Path, params: dict, meta: dict) -> Path:
+    """Write `params` and the JSON record `meta` as a native `.npz`, atomically (temp + rename)."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        raise PretrainedWeightsError(f"{path}: a converted weights file ends in .npz")
+    flat = flatten_params(params)
+    record = {"format": NATIVE_FORMAT, "conversion_version": CONVERSION_VERSION, **meta}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **flat, **{META_KEY: np.array(json.dumps(record, sort_keys=True))})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_native_meta(path: str | Path) -> dict:
+    return load_native(path, arrays=False)[1]
+
+
+def load_native(path: str | Path, arrays: bool = True) -> tuple[dict, dict]:
+    """(param tree, metadata) from a native `.npz`; never unpickles."""
+    path = Path(path).expanduser()
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if META_KEY not in data.files:
+                raise PretrainedWeightsError(
+                    f"{path} is an .npz without a franka-rl weights record: make it with "
+                    "`franka-rl weights fetch NAME` or `franka-rl weights convert FILE --backbone NAME`")
+            meta = json.loads(str(data[META_KEY]))
+            flat = {k: data[k] for k in data.files if k != META_KEY} if arrays else {}
+    except PretrainedWeightsError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+        raise PretrainedWeightsError(f"cannot read {path} as a franka-rl weights file: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != NATIVE_FORMAT:
+        raise PretrainedWeightsError(f"{path}: unknown weights record {str(meta)[:80]}")
+    if int(meta.get("conversion_version", 0)) > CONVERSION_VERSION:
+        raise PretrainedWeightsError(
+            f"{path} was written by a newer franka-rl (conversion version {meta['conversion_version']}, this "
+            f"one reads up to {CONVERSION_VERSION}): update franka-rl or convert the source file again")
+    return unflatten_params(flat), meta
+
+
+def check_backbone_params(params: dict, backbone: str, source: str) -> None:
+    """Raise PretrainedWeightsError naming the first leaf whose shape differs from `backbone`'s."""
+    _check_shapes(params, backbone, source)
 
 
 # ---------------------------------------------------------------------------------------------

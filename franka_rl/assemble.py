@@ -146,6 +146,23 @@ def warn_random_backbone(cfg: Config, report: Callable[[str], None] = print) -> 
                f"`franka-rl weights fetch {clf.backbone}` and retrain it with classifier.pretrained_path set")
 
 
+def check_backbone_weights(cfg: Config, *, policy: bool = True, classifier: bool = False) -> None:
+    """Before any hardware is opened or any compute starts: a pretrained backbone file the config
+    names (`agent.encoder.pretrained_path` when `policy` and the env has cameras,
+    `classifier.pretrained_path` when `classifier`) must exist, else one line says to run
+    `franka-rl weights fetch` (or to set the key to '' and accept a random backbone)."""
+    from agent.pretrained import PretrainedWeightsError, missing_file_message
+
+    wanted = []
+    if policy and cfg.env.cameras and cfg.agent.encoder.pretrained_path:
+        wanted.append(("agent.encoder.pretrained_path", cfg.agent.encoder.pretrained_path, cfg.agent.encoder.backbone))
+    if classifier and cfg.classifier.pretrained_path:
+        wanted.append(("classifier.pretrained_path", cfg.classifier.pretrained_path, cfg.classifier.backbone))
+    for key, path, backbone in wanted:
+        if not Path(path).expanduser().is_file():
+            raise PretrainedWeightsError(missing_file_message(Path(path).expanduser(), backbone, key))
+
+
 def build_agent(cfg: Config, env: gym.Env | None = None, *, seed: int | None = None) -> Agent:
     """A fresh agent sized from `env`'s spaces (or, without an env, from the config's)."""
     from agent.core import create_agent
@@ -197,6 +214,7 @@ def build_learner(cfg: Config, *, pretrained_dir: str | None = None, offline_dir
     from agent.wsrl import start_online_from_checkpoint, wsrl_switch
 
     _check_online_env(cfg)
+    check_backbone_weights(cfg)
     report(f"learner: {use_device(cfg.learner.device, 'learner.device')}")
     warn_random_backbone(cfg, report)
     spec, action_dim = observation_spec(cfg)
@@ -242,9 +260,11 @@ __all__ = [
     "build_env",
     "build_learner",
     "buffer_factory",
+    "check_backbone_weights",
     "config_hash",
     "env_spaces",
     "example_observation",
     "observation_spec",
     "reward_shaping",
+    "warn_random_backbone",
 ]

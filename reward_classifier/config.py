@@ -27,7 +27,8 @@ class ClassifierConfig:
     # Dense hidden_dim -> dropout -> LayerNorm -> ReLU -> Dense 1 (a logit).
     image_keys: list[str] = field(default_factory=lambda: ["wrist_1", "wrist_2"])
     backbone: str = "resnet10"
-    # Local backbone weights ("" = random initialisation, saved with the model). Nothing is downloaded.
+    # Local backbone weights ("" = random initialisation, saved with the model): the .npz
+    # `franka-rl weights fetch NAME` prints, or a published file. Nothing is downloaded at run time.
     pretrained_path: str = ""
     # How each camera's feature map becomes a vector: "spatial" (learned spatial embeddings,
     # as the agent's encoder), "mean" (global average) or "flatten" (every cell kept).

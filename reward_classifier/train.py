@@ -107,7 +107,7 @@ def train_classifier(frames: LabelledFrames, cfg: ClassifierConfig, *, log: Call
     if cfg.pretrained_path:
         from agent.pretrained import load_backbone_params
 
-        backbone_params = load_backbone_params(cfg.pretrained_path, cfg.backbone)
+        backbone_params = load_backbone_params(cfg.pretrained_path, cfg.backbone, "classifier.pretrained_path")
     else:
         backbone_params = init_backbone(cfg.backbone, image_shape, backbone_key)
 

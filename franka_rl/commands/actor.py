@@ -36,13 +36,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from agent.stop_signals import install_stop_handlers
-    from franka_rl.assemble import build_actor, build_env
+    from franka_rl.assemble import build_actor, build_env, check_backbone_weights
     from franka_rl.commands.learner import start_online_process
     from franka_rl.config import load_config
     from teleop.recording import StatusLine
 
     start_online_process()
     cfg = load_config(args.config, args.overrides)
+    check_backbone_weights(cfg)  # before the arm and the cameras are opened
     env = build_env(cfg, "actor")
     try:
         actor = build_actor(cfg, env)

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from agent.checkpoint import AgentCheckpointer
     from agent.data.episodes import EpisodeStore, make_metadata
     from agent.evaluation import contact_sheet_rows, evaluate, policy_fn, spread_reset_offsets
-    from franka_rl.assemble import build_agent, build_env, config_hash
+    from franka_rl.assemble import build_agent, build_env, check_backbone_weights, config_hash
     from franka_rl.config import load_config
     from robot_env.media import contact_sheet, save_png, write_video
 
@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else checkpoints.parent / "eval"
     out.mkdir(parents=True, exist_ok=True)
 
+    check_backbone_weights(cfg)  # before the arm and the cameras are opened
     cameras = list(cfg.env.cameras)
     env = build_env(cfg, "eval", render=not cameras and cfg.eval.video_episodes > 0)
     try:

@@ -77,7 +77,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(cfg.output_dir) / "pretrain"
     validate_pretrain_config(cfg.agent, cfg.pretrain)  # before reading a possibly large dataset
     from agent.devices import use_device
-    from franka_rl.assemble import warn_random_backbone
+    from franka_rl.assemble import check_backbone_weights, warn_random_backbone
+
+    check_backbone_weights(cfg)
 
     print(f"pretrain: {use_device(cfg.pretrain.device, 'pretrain.device')}", flush=True)
     warn_random_backbone(cfg, print)

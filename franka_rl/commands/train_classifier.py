@@ -58,6 +58,9 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, list(args.overrides))
     check_config(cfg)
+    from franka_rl.assemble import check_backbone_weights
+
+    check_backbone_weights(cfg, policy=False, classifier=True)  # before reading the frames
     out = Path(args.out or cfg.classifier.model_dir or Path(cfg.output_dir) / "classifier")
 
     from reward_classifier.saved_model import META_FILE
