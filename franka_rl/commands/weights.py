@@ -6,7 +6,7 @@ import argparse
 import sys
 
 FETCH_EPILOG = """examples:
-  franka-rl weights fetch resnet10 --sha256 HEX      # SERL's ResNet-10 (SERL publishes no hash: give one you trust)
+  franka-rl weights fetch resnet10                   # SERL's ResNet-10, checked against the pinned sha256
   franka-rl weights fetch resnet18                   # torchvision's ResNet-18 (its published sha256 prefix is checked)
   franka-rl weights fetch resnet18 --dest /mnt/usb   # into a folder to carry to an offline robot PC
 The converted file's path is printed on stdout; put it into agent.encoder.pretrained_path and
