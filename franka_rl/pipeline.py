@@ -388,6 +388,29 @@ def count_online_steps(episodes_dir: Path) -> tuple[int, int, int]:
     return steps, episodes, successes
 
 
+def check_learner_stored(stage: Stage, produced: int, log_path: Path, out: Path) -> int:
+    """The online stage is done only when the learner stored every step the actor recorded and
+    checkpointed them: the actor's episode files alone say nothing about what was learned from."""
+    from franka_rl.commands.learner import SUMMARY_FILE
+
+    path = stage.directory / "learner" / SUMMARY_FILE
+    rerun = f"; rerun the stage: franka-rl pipeline --out {out} --stages {stage.name} [your other options]"
+    try:
+        summary = json.loads(path.read_text())
+        stored, checkpoint = int(summary["transitions_stored"]), summary["last_checkpoint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise PipelineError(f"stage '{stage.name}' failed (the learner left no readable {path}); "
+                            f"log: {log_path}{rerun}") from None
+    if stored == 0 or checkpoint is None:
+        raise PipelineError(f"stage '{stage.name}' failed (the actor recorded {produced} steps but the learner "
+                            f"stored {stored} and {'wrote no checkpoint' if checkpoint is None else 'checkpointed none'}: "
+                            f"the actor could not deliver them); logs: {log_path} and the actor's{rerun}")
+    if stored < produced:
+        raise PipelineError(f"stage '{stage.name}' failed (the learner stored {stored} of the {produced} steps the "
+                            f"actor recorded); logs: {log_path} and the actor's{rerun}")
+    return stored
+
+
 @dataclass
 class StageResult:
     name: str
@@ -525,9 +548,10 @@ class Runner:
         if learner_code != 0:
             raise PipelineError(f"stage '{stage.name}' failed (the learner exited with code {learner_code} on "
                                 f"stop); see {log_path}")
+        stored = check_learner_stored(stage, steps, log_path, self.out)
         pruned = prune_old_buffers(stage.directory / "learner")
         return {"online_steps": steps, "episodes": episodes, "successes": successes,
-                "actor_exit": actor_code, "pruned_buffer_files": pruned}
+                "transitions_stored": stored, "actor_exit": actor_code, "pruned_buffer_files": pruned}
 
 
 def read_done(stage: Stage, marker: Path, outcome: str) -> StageResult:

@@ -85,6 +85,8 @@ def test_runs_end_to_end_and_writes_the_report(finished_run):
     assert all(s["outcome"] == "ran" for s in summary["stages"])
     online = next(s for s in summary["stages"] if s["name"] == "online")
     assert online["details"]["online_steps"] >= 40
+    # exactly once: the learner stored every step the actor recorded, no more
+    assert online["details"]["transitions_stored"] == online["details"]["online_steps"]
     assert len(online["commands"]) == 2 and "--pretrained" in online["commands"][0]
     # every checkpoint kept for the marks, only the latest one's buffer snapshot
     checkpoints = list((out / "online" / "learner" / "checkpoints").glob("[0-9]*"))
@@ -300,3 +302,22 @@ def test_demo_expert_preview_writes_video_and_sheet(tmp_path):
 def test_demo_refuses_preview_options_without_the_preview(tmp_path, capsys):
     assert main(["demo", "--episodes", "3", "--out", str(tmp_path / "demo")]) != 0
     assert "--episodes" in capsys.readouterr().err and not (tmp_path / "demo").exists()
+
+
+@pytest.mark.parametrize("summary, expected", [
+    (None, "left no readable"),
+    ({"transitions_stored": 0, "last_checkpoint": None}, "stored 0 and wrote no checkpoint"),
+    ({"transitions_stored": 30, "last_checkpoint": 2}, "stored 30 of the 40 steps"),
+])
+def test_online_stage_fails_loudly_when_the_learner_did_not_store_what_the_actor_recorded(tmp_path, summary, expected):
+    from franka_rl.commands.learner import SUMMARY_FILE
+    from franka_rl.pipeline import PipelineError, Stage, check_learner_stored
+
+    stage = Stage("online", tmp_path / "online", [[], []], online_steps=40, episodes_dir=tmp_path / "episodes")
+    (stage.directory / "learner").mkdir(parents=True)
+    if summary is not None:
+        (stage.directory / "learner" / SUMMARY_FILE).write_text(json.dumps(summary))
+    with pytest.raises(PipelineError, match=expected):
+        check_learner_stored(stage, 40, tmp_path / "online.log", tmp_path)
+    (stage.directory / "learner" / SUMMARY_FILE).write_text(json.dumps({"transitions_stored": 40, "last_checkpoint": 3}))
+    assert check_learner_stored(stage, 40, tmp_path / "online.log", tmp_path) == 40

@@ -4,8 +4,11 @@ CURVE certificates for actor/learner links that leave the host."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+import time
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -74,10 +77,31 @@ def run(args: argparse.Namespace) -> int:
     learner = build_learner(cfg, pretrained_dir=args.pretrained, offline_dirs=args.offline_data)
     install_stop_handlers(learner.request_stop)
     counters = learner.run(StatusLine(interval_s=cfg.learner.status_interval_s))
+    last_checkpoint = learner.checkpointer.latest_step()
     print(f"learner stopped after {counters.steps} learner steps; {learner.online_transitions} transitions stored "
-          f"({counters.duplicates} duplicates dropped); last checkpoint {learner.checkpointer.latest_step()} in "
+          f"({counters.duplicates} duplicates dropped); last checkpoint {last_checkpoint} in "
           f"{learner.checkpointer.directory}")
+    write_summary(Path(learner.run_dir) / SUMMARY_FILE, {
+        "learner_steps": int(counters.steps), "transitions_stored": int(learner.online_transitions),
+        "duplicates_dropped": int(counters.duplicates), "last_checkpoint": last_checkpoint,
+        "checkpoint_dir": str(learner.checkpointer.directory), "finished_at": time.time(),
+    })
     return 0
+
+
+#: What a learner that stopped cleanly leaves in its run directory: the pipeline checks that what
+#: the actor produced was stored, from this file rather than from the learner's log.
+SUMMARY_FILE = "learner_summary.json"
+
+
+def write_summary(path: Path, summary: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        tmp.replace(path)
+    except OSError as exc:  # a full disk: the checkpoint matters, this file only reports on it
+        tmp.unlink(missing_ok=True)
+        print(f"learner: could not write {path} ({exc.strerror})", file=sys.stderr)
 
 
 def run_keys(args: argparse.Namespace) -> int:
