@@ -32,8 +32,22 @@ def config(tmp_path, *extra):
         *extra])
 
 
+_OPEN_LEARNERS: list = []
+
+
+@pytest.fixture(autouse=True)
+def close_learners():
+    """A failed assertion must not leave a learner's transport threads running (pytest would
+    hang at exit instead of reporting the failure)."""
+    yield
+    while _OPEN_LEARNERS:
+        _OPEN_LEARNERS.pop().server.close()
+
+
 def make_learner(cfg, **kw):
-    return build_learner(cfg, report=lambda message: None, **kw)
+    learner = build_learner(cfg, report=lambda message: None, **kw)
+    _OPEN_LEARNERS.append(learner)
+    return learner
 
 
 def chunk(episode, step, steps, end=False, seed=0, rewards=None, success=None):
