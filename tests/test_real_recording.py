@@ -112,7 +112,7 @@ def test_the_actor_env_on_the_arm_is_built_by_the_same_function(peer, tmp_path):
 def test_a_missing_camera_is_one_line_in_the_actor(peer, tmp_path):
     missing = tmp_path / "unplugged.avi"
     overrides = [*real_overrides(peer, missing), f"output_dir={tmp_path}", "transport.host=127.0.0.1",
-                 "transport.bind_host=127.0.0.1", "transport.curve=false"]
+                 "transport.bind_host=127.0.0.1", "transport.curve=false", "agent.encoder.pretrained_path=''"]
     result = franka_rl("actor", "--config", str(REAL_CONFIG), *overrides, timeout_s=120)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
