@@ -354,7 +354,8 @@ class TransitionChunk:
             if arrays[name].dtype != np.bool_:
                 raise ProtocolError(f"'{name}' must be a bool array, got {arrays[name].dtype}", "array")
         actions = arrays["actions"]
-        rewards = arrays["rewards"].astype(np.float32)  # what the buffer stores: check that
+        with np.errstate(over="ignore", invalid="ignore"):
+            rewards = arrays["rewards"].astype(np.float32)  # what the buffer stores: check that
         if not np.all(np.isfinite(actions)):
             raise ProtocolError("actions are not finite", "value")
         tolerance = ACTION_TOLERANCE * max(1.0, action_bound)
