@@ -68,7 +68,7 @@ def test_an_unexpected_failure_while_handling_is_a_counted_rejection(monkeypatch
         raise KeyError("a bug, not a protocol error")
 
     monkeypatch.setattr(TransitionChunk, "from_message", broken)
-    report = run_corpus(30, seed=3)
+    report = run_corpus(30, seed=3, check_actor=False)
     assert report.thread_deaths == 0 and report.hangs == 0
     assert report.rejected_by_reason.get("internal", 0) >= 1
 

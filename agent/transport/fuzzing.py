@@ -464,7 +464,7 @@ def _handshake(sock: zmq.Socket, actor: str, incarnation: str, timeout_s: float 
 
 
 def run_corpus(cases: int, seed: int = 0, reply_timeout_s: float = 0.5, probe_timeout_s: float = 3.0,
-               cfg: TransportConfig | None = None) -> FuzzReport:
+               cfg: TransportConfig | None = None, check_actor: bool = True) -> FuzzReport:
     """Run `cases` hostile messages against a live learner transport; see the module docstring."""
     cfg = cfg or TransportConfig(port=free_port(), heartbeat_interval_s=0.2, heartbeat_timeout_s=2.0,
                                  max_abs_observation=MAX_ABS_OBSERVATION)
@@ -497,16 +497,17 @@ def run_corpus(cases: int, seed: int = 0, reply_timeout_s: float = 0.5, probe_ti
                 report.thread_deaths += 1
                 break
         # A real actor still gets through afterwards.
-        actor_cfg = TransportConfig(port=cfg.port, heartbeat_interval_s=0.1, heartbeat_timeout_s=2.0)
-        with ActorClient(actor_cfg, actor_id="actor-real", config_hash=CONFIG_HASH, observation_spec=SPEC,
-                         action_dim=ACTION_DIM) as client:
-            deadline = time.monotonic() + 10.0
-            while client.state != "up" and time.monotonic() < deadline:
-                time.sleep(0.01)
-            client.send(valid_chunk(np.random.default_rng(seed + 1)))
-            while not client.all_stored() and time.monotonic() < deadline:
-                time.sleep(0.01)
-            report.actor_accepted = client.state == "up" and client.all_stored()
+        if check_actor:
+            actor_cfg = TransportConfig(port=cfg.port, heartbeat_interval_s=0.1, heartbeat_timeout_s=2.0)
+            with ActorClient(actor_cfg, actor_id="actor-real", config_hash=CONFIG_HASH, observation_spec=SPEC,
+                             action_dim=ACTION_DIM) as client:
+                deadline = time.monotonic() + 10.0
+                while client.state != "up" and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                client.send(valid_chunk(np.random.default_rng(seed + 1)))
+                while not client.all_stored() and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                report.actor_accepted = client.state == "up" and client.all_stored()
     finally:
         learner.halt.set()
         learner.join(5.0)

@@ -47,6 +47,7 @@ class ServiceThread:
         self._thread.start()
         self._ready.wait(_START_TIMEOUT_S)
         if self._error is not None:
+            self._stop_thread()  # release the context now: left to the garbage collector, term() blocks
             raise self._error
         return self
 
@@ -114,6 +115,8 @@ class ServiceThread:
         if self._thread.is_alive():
             self._thread.join(_JOIN_TIMEOUT_S)
         with self._wake_lock:
+            if self._wake_send.closed:
+                return
             self._wake_send.close(linger=0)
         self._context.term()
 
