@@ -154,14 +154,41 @@ def test_a_starved_learner_gets_no_hello_or_resend_storm():
                 cli.send(valid_chunk(rng))
             assert wait_for(lambda: cli.state == "down", timeout=3.0)
             hellos_before = cli.hellos_sent
+            assert wait_for(lambda: cli.state == "up", timeout=10.0)
+            time.sleep(0.5)  # every queued HELLO has been answered before the learner stores anything
+            hellos = cli.hellos_sent - hellos_before
+            assert hellos <= 8, f"{hellos} HELLOs during a 3 s stall (interval 0.05 s)"
+            assert srv.stats()["handshakes"] <= 1 + 8
             assert wait_for(lambda: (store_in_order(srv, stored), sum(map(len, stored.values())))[1] == 15,
                             timeout=15.0)
             assert wait_for(lambda: cli.state == "up" and cli.all_stored())
-            hellos = cli.hellos_sent - hellos_before
-            assert hellos <= 8, f"{hellos} HELLOs during a 3 s stall (interval 0.05 s)"
-            assert cli.resends <= 2 * 10, f"{cli.resends} chunks resent for 10 unstored"
+            assert cli.resends <= 12, f"{cli.resends} chunks resent for 10 unstored"
             assert list(stored.values()) == [list(range(1, 16))]  # each once, in order
     finally:
         for hog in hogs:
             hog.terminate()
             hog.join()
+
+
+def test_a_burst_of_hello_required_sends_one_hello():
+    """A learner restarted on the same port answers every message of the not-yet-aware actor with
+    REJECT hello_required: the actor handshakes once, not once per refusal."""
+    c = cfg(heartbeat_interval_s=2.0, heartbeat_timeout_s=5.0)
+    first = server(c)
+    with client(c) as cli:
+        try:
+            assert wait_for(lambda: cli.state == "up")
+        finally:
+            first.close()
+        with server(c) as second:
+            time.sleep(0.5)  # the actor's socket reconnects; it still believes the link is up
+            assert cli.state == "up"
+            hellos_before = cli.hellos_sent
+            rng = np.random.default_rng(0)
+            for _ in range(30):
+                cli.send(valid_chunk(rng))
+            stored: dict = {}
+            assert wait_for(lambda: (store_in_order(second, stored), sum(map(len, stored.values())))[1] == 30)
+            assert second.stats()["rejected/order"] >= 10  # the burst of hello_required happened
+            assert cli.hellos_sent - hellos_before <= 2 and second.stats()["handshakes"] <= 2, second.stats()
+            assert list(stored.values()) == [list(range(1, 31))]

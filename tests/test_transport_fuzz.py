@@ -17,7 +17,7 @@ from agent.transport.fuzzing import (
     transitions,
     triggers,
 )
-from agent.transport.protocol import PREFIX, MessageType
+from agent.transport.protocol import PREFIX, Limits, MessageType
 
 
 def test_hostile_corpus_leaves_the_transport_serving_and_stores_nothing_invalid():
@@ -87,3 +87,13 @@ def test_a_dead_service_thread_makes_the_owner_stop_loudly(monkeypatch):
             srv.receive(timeout=0.1)
     finally:
         srv.close()
+
+
+@pytest.mark.parametrize("name, says", [("int_5000_digits", "at most 20"), ("int_4301_digits_in_hello", "at most 20"),
+                                        ("nested_lists_100000", "nests"), ("nested_objects_5000", "nests"),
+                                        ("shape_0_by_2pow63_empty", "invalid shape"),
+                                        ("header_too_large", "exceeds")])
+def test_each_parser_limit_names_what_was_exceeded(name, says):
+    frames = dict(triggers(np.random.default_rng(0), 1))[name]
+    with pytest.raises(ProtocolError, match=says):
+        decode(frames, Limits(max_header_bytes=TransportConfig().max_header_bytes) if "large" in name else None)

@@ -133,6 +133,8 @@ def triggers(rng: np.random.Generator, sequence: int) -> list[tuple[str, Frames]
                                                                                                     + "]" * 18)))),
         ("shape_0_by_2pow70_empty", with_header(
             [base[0], *base[1:], b""], lambda b: b["arrays"].append({"name": "x", "dtype": "<f4", "shape": [0, 2**70]}))),
+        ("shape_0_by_2pow63_empty", with_header(  # 19 digits: within the integer limit, beyond MAX_DIM
+            [base[0], *base[1:], b""], lambda b: b["arrays"].append({"name": "x", "dtype": "<f4", "shape": [0, 2**63]}))),
         ("shape_2pow70_by_0_rewards", with_header(
             [base[0], *base[1:]], lambda b: _set_descriptor(b, "success", shape=[2**70, 0]))),
         ("shape_negative", with_header(base, lambda b: _set_descriptor(b, "rewards", shape=[-1]))),

@@ -147,7 +147,8 @@ class LearnerServer(ServiceThread):
         self.last_rejection = ""
         self._stats_lock = threading.Lock()
         self._rejected: dict[str, int] = {}
-        self._counts = {"deferred_busy": 0, "duplicates_dropped": 0, "out_of_order": 0, "loop_errors": 0}
+        self._counts = {"handshakes": 0, "deferred_busy": 0, "duplicates_dropped": 0, "out_of_order": 0,
+                        "loop_errors": 0}
         self._reject_log = RateLimitedLog(log)
         self._marks: dict[str, Watermarks] = {k: Watermarks(v.stored_through, v.durable_through)
                                               for k, v in (watermarks or {}).items()}
@@ -552,6 +553,8 @@ class LearnerServer(ServiceThread):
                          who)
             return
         # Valid: claim the id and register the connection.
+        with self._stats_lock:
+            self._counts["handshakes"] += 1
         if key:
             self._owners.setdefault(actor, key)
         peer = self._peers.get(rid)
