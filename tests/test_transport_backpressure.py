@@ -173,7 +173,7 @@ def test_a_starved_learner_gets_no_hello_or_resend_storm():
 def test_a_burst_of_hello_required_sends_one_hello():
     """A learner restarted on the same port answers every message of the not-yet-aware actor with
     REJECT hello_required: the actor handshakes once, not once per refusal."""
-    c = cfg(heartbeat_interval_s=2.0, heartbeat_timeout_s=5.0)
+    c = cfg(heartbeat_interval_s=4.0, heartbeat_timeout_s=10.0, reconnect_max_s=4.0)
     first = server(c)
     with client(c) as cli:
         try:
@@ -181,7 +181,7 @@ def test_a_burst_of_hello_required_sends_one_hello():
         finally:
             first.close()
         with server(c) as second:
-            time.sleep(0.5)  # the actor's socket reconnects; it still believes the link is up
+            time.sleep(1.5)  # the actor's socket reconnects (<= 1 s); it still believes the link is up
             assert cli.state == "up"
             hellos_before = cli.hellos_sent
             rng = np.random.default_rng(0)
@@ -189,6 +189,6 @@ def test_a_burst_of_hello_required_sends_one_hello():
                 cli.send(valid_chunk(rng))
             stored: dict = {}
             assert wait_for(lambda: (store_in_order(second, stored), sum(map(len, stored.values())))[1] == 30)
-            assert second.stats()["rejected/order"] >= 10  # the burst of hello_required happened
+            assert second.stats().get("rejected/order", 0) >= 10, second.stats()  # the burst happened
             assert cli.hellos_sent - hellos_before <= 2 and second.stats()["handshakes"] <= 2, second.stats()
             assert list(stored.values()) == [list(range(1, 31))]
