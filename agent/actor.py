@@ -148,6 +148,7 @@ class Actor:
         self._stop.set()
 
     def _check_refused(self) -> None:
+        self.client.check_alive()  # a dead transport thread stops the actor (between episodes), loudly
         if self.client.state == "refused":
             raise TransportError(f"the learner at {self.client.endpoint} refused actor '{self.acfg.actor_id}': "
                                  f"{self.client.refusal}")

@@ -70,6 +70,8 @@ class StreamBook:
     episode: int = -1
     next_step: int = 0
     last_observation: dict[str, np.ndarray] | None = None
+    last_active: float = 0.0  # monotonic time of the last chunk stored (eviction order)
+    refused: str = ""  # why this stream's chunks are no longer accepted (final)
 
     def durable_state(self) -> dict[str, Any]:
         return {"actor": self.actor, "committed_through": self.committed_through,
@@ -91,6 +93,8 @@ class LearnerCounters:
     gaps: int = 0
     skipped: int = 0  # chunks an actor no longer held (checkpointed by an earlier learner)
     inconsistent: int = 0
+    evicted: int = 0  # open episodes dropped for transport.max_open_episodes (their actors resend them)
+    refused_streams: int = 0
     recent_success: deque = field(default_factory=lambda: deque(maxlen=20))
     recent_interventions: deque = field(default_factory=lambda: deque(maxlen=20))
 
@@ -113,7 +117,7 @@ class Learner:
         self.link_security = ("CURVE: encrypted, admits the actors in "
                               f"{transport_cfg.curve_authorized_clients_dir}" if transport_cfg.curve
                               else "no CURVE: unencrypted")
-        self.agent_cfg, self.lcfg = agent_cfg, learner_cfg
+        self.agent_cfg, self.lcfg, self.tcfg = agent_cfg, learner_cfg, transport_cfg
         self.report = report
         lcfg = learner_cfg
         self.run_dir = Path(run_dir)
@@ -234,9 +238,13 @@ class Learner:
     # ------------------------------------------------------------------ storing
 
     def store(self, delivery: Delivery) -> bool:
-        """Store one delivery exactly once; returns whether it was stored."""
+        """Store one delivery exactly once; returns whether it was stored. Never raises on what an
+        actor sent: a chunk that cannot be stored is counted as a rejection, and its stream is
+        refused with a message saying why (see `_refuse`)."""
         stream = delivery.stream
         book = self.books.setdefault(stream, StreamBook(actor=delivery.actor))
+        if book.refused:
+            return False
         if delivery.chunk is None:  # chunks up to `sequence` are gone for good: continue after them
             if delivery.sequence > book.stored_through and book.last_observation is None:
                 self.counters.skipped += delivery.sequence - book.stored_through
@@ -267,16 +275,33 @@ class Learner:
                         book.next_step)
             self.server.ack(stream, stored_through=book.stored_through, resend=True)
             return False
-        for k in range(len(chunk)):
-            observation = {key: value[k] for key, value in chunk.next_observations.items()}
-            self.buffer.insert(previous, chunk.actions[k], float(chunk.rewards[k]), observation,
-                               bool(chunk.terminated[k]), bool(chunk.truncated[k]), bool(chunk.intervened[k]),
-                               stream=stream)
-            previous = observation
+        open_steps = len(chunk) + (0 if chunk.step == 0 else self.buffer.open_steps(stream))
+        if open_steps + 1 > self.buffer.capacity:
+            self._refuse(stream, book, "episode_too_long",
+                         f"episode {chunk.episode} of actor '{book.actor}' reached {open_steps} steps, but the "
+                         f"learner's replay buffer holds episodes of at most {self.buffer.capacity - 1} steps: set "
+                         f"learner.buffer_capacity >= task.max_episode_steps + 1 on the learner (or lower "
+                         "task.max_episode_steps on the actor) and restart both")
+            return False
+        if chunk.step == 0 and book.last_observation is None:
+            self._make_room_for_an_episode(stream)
+        try:
+            for k in range(len(chunk)):
+                observation = {key: value[k] for key, value in chunk.next_observations.items()}
+                self.buffer.insert(previous, chunk.actions[k], float(chunk.rewards[k]), observation,
+                                   bool(chunk.terminated[k]), bool(chunk.truncated[k]), bool(chunk.intervened[k]),
+                                   stream=stream)
+                previous = observation
+        except Exception as exc:  # the buffer refused it: drop the open episode and the stream, loudly
+            log.error("stream %s: chunk %d could not be stored", stream, delivery.sequence, exc_info=True)
+            self._refuse(stream, book, "store_failed",
+                         f"a chunk of actor '{book.actor}' could not be stored ({type(exc).__name__}: {exc})")
+            return False
         book.stored_through = delivery.sequence
         book.transitions_stored += len(chunk)
         book.episode, book.next_step = chunk.episode, chunk.step + len(chunk)
         book.last_observation = {k: np.array(v) for k, v in previous.items()}
+        book.last_active = time.monotonic()
         if chunk.ends_episode:
             book.committed_through = delivery.sequence
             book.transitions_committed = book.transitions_stored
@@ -287,6 +312,38 @@ class Learner:
         self._dirty = True
         self.server.ack(stream, stored_through=book.stored_through)
         return True
+
+    def _drop_open_episode(self, stream: str, book: StreamBook) -> int:
+        """Forget `stream`'s episode in progress: back to its last complete episode."""
+        dropped = self.buffer.discard_open(stream)
+        book.stored_through, book.transitions_stored = book.committed_through, book.transitions_committed
+        book.episode, book.next_step, book.last_observation = -1, 0, None
+        return dropped
+
+    def _make_room_for_an_episode(self, stream: str) -> None:
+        """Keep at most transport.max_open_episodes episodes in progress: evict the least recently
+        active one. Its actor still holds those chunks (they are not durable) and resends them."""
+        open_streams = [s for s, b in self.books.items() if b.last_observation is not None and s != stream]
+        while len(open_streams) >= self.tcfg.max_open_episodes:
+            victim = min(open_streams, key=lambda s: self.books[s].last_active)
+            open_streams.remove(victim)
+            book = self.books[victim]
+            steps = self._drop_open_episode(victim, book)
+            self.counters.evicted += 1
+            log.warning("stream %s: its episode in progress (%d steps) was dropped to open one of %s "
+                        "(transport.max_open_episodes=%d); its actor is asked to resend it", victim, steps, stream,
+                        self.tcfg.max_open_episodes)
+            self.server.ack(victim, stored_through=book.stored_through, resend=True)
+
+    def _refuse(self, stream: str, book: StreamBook, reason: str, text: str) -> None:
+        """Count a rejection, drop the stream's open episode and refuse the stream for good."""
+        self._drop_open_episode(stream, book)
+        book.refused = text
+        self.counters.refused_streams += 1
+        self.server.count_rejection(reason, text, f"actor '{book.actor}'")
+        self.report(f"learner: refused stream {stream}: {text}")
+        self.server.ack(stream, stored_through=book.stored_through)
+        self.server.refuse_stream(stream, text)
 
     # ------------------------------------------------------------------ training
 
@@ -403,7 +460,7 @@ class Learner:
         if train_metrics:
             self.metrics.log(self.counters.steps, train_metrics, prefix="train")
         success, interventions = self.counters.recent_success, self.counters.recent_interventions
-        self.metrics.log(self.counters.steps, {
+        online = {
             "transitions": self.online_transitions,
             "episodes": sum(b.episodes for b in self.books.values()),
             "success_rate": float(np.mean(success)) if success else float("nan"),
@@ -412,9 +469,14 @@ class Learner:
             "rejected_messages": self.server.rejected,
             "duplicates_dropped": self.counters.duplicates,
             "chunks_skipped": self.counters.skipped,
+            "open_episodes_evicted": self.counters.evicted,
+            "streams_refused": self.counters.refused_streams,
             "learner_steps_per_s": steps_per_s,
             "buffer_transitions": self.buffer.num_transitions,
-        }, prefix="online")
+        }
+        # One row: online/* and transport/* (rejections by reason, busy deferrals, early duplicates).
+        self.metrics.log(self.counters.steps, {**{f"online/{k}": v for k, v in online.items()},
+                                               **{f"transport/{k}": v for k, v in self.server.stats().items()}})
 
     def run(self, status: Any = None) -> LearnerCounters:
         lcfg = self.lcfg

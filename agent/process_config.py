@@ -8,6 +8,8 @@ docs/processes.md explains every key.
 
 from __future__ import annotations
 
+import ipaddress
+import math
 from dataclasses import dataclass
 
 from robot_env.errors import ConfigError
@@ -28,6 +30,20 @@ class TransportConfig:
     heartbeat_timeout_s: float = 5.0
     # Larger frames are refused by the learner's socket (the peer is disconnected).
     max_frame_bytes: int = 256 * 1024 * 1024
+    # A message's header (prefix + JSON) beyond this size is rejected unread.
+    max_header_bytes: int = 64 * 1024
+    # Observations whose float (or wide integer) entries exceed this magnitude are rejected:
+    # no sensor reads 1e6, but a corrupted or hostile one can (3e38 is finite and poisons updates).
+    max_abs_observation: float = 1e6
+    # The learner's receive queue (checked chunks waiting for Learner.store). When either bound is
+    # reached an actor's chunk is answered "busy" and the actor pauses and resends it: nothing lost.
+    max_queued_messages: int = 1024
+    max_queued_bytes: int = 512 * 1024 * 1024
+    # Episodes in progress held by the learner (one per actor stream). A new one beyond this evicts
+    # the least recently active; its actor is asked to resend it from the start.
+    max_open_episodes: int = 16
+    # An actor whose HELLO goes unanswered knocks again after a jittered, doubling pause up to this.
+    reconnect_max_s: float = 8.0
     # CURVE (encryption + client authentication) for links that leave the host. Key files are
     # pyzmq certificates (`franka-rl transport-keys DIR` writes them): the learner needs its
     # secret certificate and a directory of the public certificates of the actors it admits;
@@ -37,6 +53,9 @@ class TransportConfig:
     curve_authorized_clients_dir: str = ""
     curve_client_secret_file: str = ""
     curve_server_public_file: str = ""
+    # A learner bound to a non-loopback address (bind_host not 127.x / localhost / ::1) refuses to
+    # start without CURVE unless this is true (then it warns): anyone on the network could feed it.
+    insecure: bool = False
 
 
 @dataclass
@@ -93,6 +112,25 @@ class LearnerConfig:
     device: str = "auto"
 
 
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` keeps the learner on this machine (127.x, localhost, ::1)."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:  # "*", a host name, an interface name: reachable from elsewhere
+        return False
+
+
+def insecure_bind_message(bind_host: str) -> str:
+    return (f"transport.bind_host={bind_host!r} lets other hosts reach the learner, so transport.curve must be on: "
+            "run `franka-rl transport-keys DIR --actors actor-0 ...` and set transport.curve=true, "
+            "transport.curve_server_secret_file=DIR/learner.key_secret, "
+            "transport.curve_authorized_clients_dir=DIR/authorized_actors "
+            "(or accept an unauthenticated link with transport.insecure=true)")
+
+
 class ProcessConfigError(ConfigError):
     """A transport, actor or learner setting that cannot work; the message names the key."""
 
@@ -110,6 +148,15 @@ def validate_process_config(transport: TransportConfig, actor: ActorConfig | Non
         (transport.heartbeat_timeout_s > transport.heartbeat_interval_s,
          "transport.heartbeat_timeout_s must exceed transport.heartbeat_interval_s"),
         (transport.max_frame_bytes >= 1024, "transport.max_frame_bytes must be at least 1024"),
+        (1024 <= transport.max_header_bytes <= 16 * 1024 * 1024,
+         "transport.max_header_bytes must be in 1024..16777216"),
+        (math.isfinite(transport.max_abs_observation) and transport.max_abs_observation > 0, "transport.max_abs_observation must be finite and > 0"),
+        (transport.max_queued_messages >= 1, "transport.max_queued_messages must be >= 1"),
+        (transport.max_queued_bytes >= transport.max_frame_bytes,
+         "transport.max_queued_bytes must be >= transport.max_frame_bytes (one largest message must fit)"),
+        (transport.max_open_episodes >= 1, "transport.max_open_episodes must be >= 1"),
+        (transport.reconnect_max_s >= transport.heartbeat_interval_s,
+         "transport.reconnect_max_s must be >= transport.heartbeat_interval_s"),
     ]
     if actor is not None:
         checks += [
@@ -125,6 +172,8 @@ def validate_process_config(transport: TransportConfig, actor: ActorConfig | Non
             (actor.status_interval_s > 0, "actor.status_interval_s must be > 0"),
         ]
     if learner is not None:
+        checks.append((transport.curve or transport.insecure or is_loopback(transport.bind_host),
+                       insecure_bind_message(transport.bind_host)))
         checks += [
             (learner.buffer_capacity >= 2, "learner.buffer_capacity must be >= 2"),
             (learner.steps_per_transition >= 0, "learner.steps_per_transition must be >= 0"),

@@ -23,6 +23,7 @@ from agent.transport import (
     generate_keys,
 )
 from agent.transport.protocol import PREFIX
+from agent.transport.server import LOG_BURST
 
 SPEC = {"state": ((5,), np.float32), "wrist_1": ((8, 8, 3), np.uint8)}
 ACTION_DIM = 3
@@ -249,8 +250,10 @@ def test_fuzzed_frames_are_rejected_and_logged_without_a_crash(caplog):
             assert wait_for(lambda: cli.state == "up")
             cli.send(chunk())
             assert len(srv.receive(timeout=3.0)) == 1
+    # Counted one by one (by reason), logged rate-limited: a flood cannot flood the log.
+    assert sum(srv.rejected_by_reason().values()) == len(cases)
     rejections = [r for r in caplog.records if "rejected a message" in r.getMessage()]
-    assert len(rejections) == len(cases)
+    assert 1 <= len(rejections) <= LOG_BURST < len(cases)
 
 
 def test_curve_admits_known_actors_only(tmp_path):

@@ -298,6 +298,11 @@ class ReplayBuffer:
         open_episode = self._open.get(stream)
         return len(open_episode.actions) if open_episode else 0
 
+    def discard_open(self, stream: Any = 0) -> int:
+        """Drop the episode in progress on `stream` (its steps never enter the ring); returns them."""
+        open_episode = self._open.pop(stream, None)
+        return len(open_episode.actions) if open_episode else 0
+
     def _commit(self, stream: Any) -> None:
         episode = self._open.pop(stream)
         if not episode.actions:

@@ -10,12 +10,19 @@ lost and the learner drops any duplicate by its sequence number.
 Link states: "connecting" (no handshake yet), "up", "down" (no word from the learner for
 `heartbeat_timeout_s`; the thread keeps knocking with HELLO), "refused" (the learner rejected
 this actor as incompatible: see `refusal`).
+
+No storms when the CPU is starved: an unanswered HELLO is repeated after a jittered, doubling
+pause (up to `transport.reconnect_max_s`); a burst of REJECT `hello_required` (every message sent
+to a learner that restarted) schedules one HELLO, not one each; only the WELCOME that brings the
+link up triggers a resend (later WELCOMEs of the same session just update the watermarks); a
+REJECT `busy` pauses sending for the time the learner asks and then resends from `stored_through`.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import random
 import threading
 import time
 import uuid
@@ -38,7 +45,13 @@ from agent.transport.protocol import (
     spec_to_json,
 )
 from agent.transport.security import secure_client
-from agent.transport.server import HELLO_REQUIRED, INCOMPATIBLE
+from agent.transport.server import (
+    BUSY,
+    HELLO_REQUIRED,
+    INCOMPATIBLE,
+    MAX_CONSECUTIVE_LOOP_ERRORS,
+    RateLimitedLog,
+)
 from agent.transport.service_thread import ServiceThread
 
 log = logging.getLogger("agent.transport")
@@ -78,6 +91,13 @@ class ActorClient(ServiceThread):
         # Whether the newest parameters are the frozen pre-trained policy of the WSRL warm-up.
         self.learner_warmup = False
         self.reconnects = 0
+        self.hellos_sent = 0
+        self.busy_pauses = 0
+        self.resends = 0
+        self._hello_attempts = 0  # HELLOs sent since the link was last up (for the back-off)
+        self._next_beat = 0.0
+        self._pause_until = 0.0
+        self._bad_log = RateLimitedLog(log)
         self._sequence = 0
         self._outbox: queue.Queue[tuple[int, int, list]] = queue.Queue()
         self._unacked: deque[tuple[int, int, list]] = deque()  # (sequence, steps, frames), service thread only
@@ -159,43 +179,85 @@ class ActorClient(ServiceThread):
         poller = zmq.Poller()
         poller.register(dealer, zmq.POLLIN)
         poller.register(wake, zmq.POLLIN)
-        interval = self.cfg.heartbeat_interval_s
-        next_beat = 0.0
+        failures = 0
         try:
             while not self._stop.is_set():
-                timeout_ms = max(0, int((next_beat - time.monotonic()) * 1000))
-                events = dict(poller.poll(timeout_ms))
-                if wake in events:
-                    self._drain_wake_ups(wake)
-                self._take_outbox(dealer)
-                if dealer in events:
-                    while True:
-                        try:
-                            frames = dealer.recv_multipart(zmq.NOBLOCK, copy=False)
-                        except zmq.Again:
-                            break
-                        self._handle(dealer, frames)
-                now = time.monotonic()
-                if self.state == "up" and now - self._last_heard > self.cfg.heartbeat_timeout_s:
-                    self.state = "down"
-                    log.warning("transport: no word from the learner for %.1f s; recording on, will resend",
-                                now - self._last_heard)
-                if now >= next_beat:
-                    next_beat = now + interval
-                    if self.state == "up":
-                        self._try_send(dealer, self._heartbeat)
-                    elif self.state != "refused":
-                        self._try_send(dealer, self._hello())
+                try:
+                    self._serve_once(poller, dealer, wake)
+                    failures = 0
+                except zmq.ContextTerminated:
+                    raise
+                except Exception as exc:  # never die on one bad turn; give up (loudly) if it persists
+                    failures += 1
+                    log.error("transport: the actor's service loop failed (%d in a row): %s: %s", failures,
+                              type(exc).__name__, exc, exc_info=failures == 1)
+                    if failures >= MAX_CONSECUTIVE_LOOP_ERRORS:
+                        raise
+                    time.sleep(0.01)
         finally:
             dealer.close(0)
             wake.close(0)
+
+    def _serve_once(self, poller: zmq.Poller, dealer: zmq.Socket, wake: zmq.Socket) -> None:
+        wake_at = min(self._next_beat, self._pause_until or float("inf"))
+        timeout_ms = max(0, int((wake_at - time.monotonic()) * 1000))
+        events = dict(poller.poll(timeout_ms))
+        if wake in events:
+            self._drain_wake_ups(wake)
+        self._take_outbox(dealer)
+        if dealer in events:
+            while True:
+                try:
+                    frames = dealer.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                self._handle(dealer, frames)
+        now = time.monotonic()
+        if self._pause_until and now >= self._pause_until:
+            self._pause_until = 0.0
+            if self.state == "up":
+                self._resend_after(dealer, self.stored_through)
+        if self.state == "up" and now - self._last_heard > self.cfg.heartbeat_timeout_s:
+            self.state = "down"
+            self._hello_attempts = 0
+            log.warning("transport: no word from the learner for %.1f s; recording on, will resend",
+                        now - self._last_heard)
+        if now >= self._next_beat:
+            if self.state == "up":
+                self._try_send(dealer, self._heartbeat)
+                self._next_beat = now + self.cfg.heartbeat_interval_s
+            elif self.state != "refused":
+                self._knock(dealer, now)
+
+    def _knock(self, dealer: zmq.Socket, now: float) -> None:
+        """Send HELLO and schedule the next one: after an interval while nothing could be sent (no
+        connection yet), after a jittered, doubling pause while HELLOs go unanswered."""
+        if self._try_send(dealer, self._hello()):
+            self.hellos_sent += 1
+            self._hello_attempts += 1
+        self._next_beat = now + self.hello_delay(self._hello_attempts)
+
+    def hello_delay(self, attempts: int) -> float:
+        interval = self.cfg.heartbeat_interval_s
+        if attempts <= 1:
+            return interval
+        delay = interval * 2.0 ** min(attempts - 1, 30)
+        return min(delay * (0.5 + random.random()), self.cfg.reconnect_max_s)
+
+    def _hello_soon(self) -> None:
+        """Handshake again, once: pending knocks are not multiplied by a burst of refusals."""
+        if self.state == "up":
+            self.state = "down"
+            self._hello_attempts = 0
+            self._next_beat = min(self._next_beat, time.monotonic())
 
     def _hello(self) -> list:
         # `held_from`: the oldest chunk this actor still holds. A learner that lacks older ones (a
         # fresh run directory) learns they are gone instead of asking for them forever.
         held_from = self._unacked[0][0] if self._unacked else self.durable_through + 1
         return encode(Message(MessageType.HELLO, actor=self.actor_id,
-                              fields={**self._hello_fields, "held_from": held_from}))
+                              fields={**self._hello_fields, "held_from": held_from,
+                                      "param_version": self.params_version}))
 
     def _try_send(self, dealer: zmq.Socket, frames: list) -> bool:
         try:
@@ -214,7 +276,7 @@ class ActorClient(ServiceThread):
             with self._count_lock:
                 self._unacked_steps += entry[1]
                 self._queued_steps -= entry[1]
-            if self.state == "up":
+            if self.state == "up" and not self._pause_until:
                 self._try_send(dealer, entry[2])
 
     def _forget_durable(self) -> None:
@@ -224,9 +286,13 @@ class ActorClient(ServiceThread):
                 self._unacked_steps -= steps
 
     def _resend_after(self, dealer: zmq.Socket, stored_through: int) -> None:
+        if self._pause_until:  # the learner asked for a pause: the resend comes when it ends
+            return
         for sequence, _, frames in list(self._unacked):
-            if sequence > stored_through and not self._try_send(dealer, frames):
-                break
+            if sequence > stored_through:
+                if not self._try_send(dealer, frames):
+                    break
+                self.resends += 1
         self._last_resend = (stored_through, time.monotonic())
 
     def _marks(self, message: Message) -> None:
@@ -237,21 +303,33 @@ class ActorClient(ServiceThread):
             self._forget_durable()
 
     def _handle(self, dealer: zmq.Socket, frames: list) -> None:
+        """The boundary: nothing the learner (or anything posing as it) sends gets past as an exception."""
         try:
             message = decode(frames)
+            self._dispatch(dealer, message)
         except ProtocolError as exc:
-            log.warning("transport: ignored a malformed message from the learner: %s", exc)
-            return
+            self._bad_log.warning("transport: ignored a malformed message from the learner: %s", exc)
+        except Exception as exc:
+            log.debug("transport: handling a message from the learner failed", exc_info=True)
+            self._bad_log.warning("transport: ignored a message from the learner that could not be handled "
+                                  "(%s: %s)", type(exc).__name__, exc)
+
+    def _dispatch(self, dealer: zmq.Socket, message: Message) -> None:
         self._last_heard = time.monotonic()
         kind = message.type
         if kind == MessageType.WELCOME:
             session = str(message.fields.get("session", ""))
+            if self.state == "up" and session == self.session:
+                self._marks(message)  # an answer to an earlier HELLO of this link: no second resend
+                return
             if self.session and session != self.session:
                 log.warning("transport: the learner restarted (session %s); resending what it lacks", session)
             if self.state != "up" and self.session:
                 self.reconnects += 1
             self.session = session
             self.state = "up"
+            self._hello_attempts = 0
+            self._next_beat = time.monotonic() + self.cfg.heartbeat_interval_s
             self._marks(message)
             self._resend_after(dealer, self.stored_through)
             digest = message.fields.get("backbone_digest", "")
@@ -267,10 +345,15 @@ class ActorClient(ServiceThread):
             elif code == HELLO_REQUIRED:
                 if self.state == "up":
                     log.warning("transport: the learner does not know this actor (it restarted?); handshaking again")
-                self.state = "down"
-                self._try_send(dealer, self._hello())
+                self._hello_soon()
+            elif code == BUSY:
+                retry = message.fields.get("retry_after_s")
+                retry = float(retry) if isinstance(retry, int | float) and not isinstance(retry, bool) else 0.0
+                retry = min(max(retry, 0.01), self.cfg.reconnect_max_s)
+                self.busy_pauses += 1
+                self._pause_until = max(self._pause_until, time.monotonic() + retry)
             else:
-                log.warning("transport: the learner rejected a message: %s", reason)
+                self._bad_log.warning("transport: the learner rejected a message: %s", reason)
         elif self.state != "up":
             return  # anything else before a handshake belongs to an earlier session
         elif kind == MessageType.ACK:
@@ -281,8 +364,7 @@ class ActorClient(ServiceThread):
                 self._resend_after(dealer, self.stored_through)
         elif kind == MessageType.HEARTBEAT:
             if message.fields.get("session") != self.session:
-                self.state = "down"
-                self._try_send(dealer, self._hello())
+                self._hello_soon()
                 return
             self._marks(message)
         elif kind == MessageType.PARAMS:

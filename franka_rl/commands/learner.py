@@ -49,8 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "transport-keys",
         help="write CURVE certificates for the learner and actors (links that leave the host)",
         description=("Write learner.key/.key_secret, one certificate per actor, and authorized_actors/ with the "
-                     "actors' public keys. Give the learner its .key_secret and authorized_actors/, each actor "
-                     "its own .key_secret and learner.key (see docs/processes.md, CURVE)."),
+                     "actors' public keys (authorized_actors/<id>.key reserves actor id <id> for that key). "
+                     "Secret files are created with mode 0600, public ones 0644. Give the learner its "
+                     ".key_secret and authorized_actors/, each actor its own .key_secret and learner.key (see "
+                     "docs/processes.md, CURVE). A learner bound to a non-loopback address requires them."),
         epilog="example: franka-rl transport-keys keys --actors actor-0 actor-1",
     )
     keys.add_argument("directory")

@@ -1,0 +1,194 @@
+"""Bounded memory and no storms: the learner's receive queue pushes back on its actors (nothing
+lost, nothing stored twice), open episodes are bounded, an over-long episode is refused with a
+clear message, a dead transport stops the learner, and a starved learner does not set off a
+HELLO / resend storm."""
+
+import multiprocessing as mp
+import time
+
+import numpy as np
+import pytest
+from test_learner import chunk as learner_chunk
+from test_learner import config as learner_config
+from test_learner import deliver, make_learner
+
+from agent.process_config import TransportConfig
+from agent.transport import ActorClient, LearnerServer, TransportError
+from agent.transport.fuzzing import ACTION_DIM, CONFIG_HASH, SPEC, free_port, valid_chunk
+
+
+def cfg(**kw) -> TransportConfig:
+    return TransportConfig(**{"port": free_port(), "heartbeat_interval_s": 0.05, "heartbeat_timeout_s": 1.0, **kw})
+
+
+def server(c, **kw) -> LearnerServer:
+    return LearnerServer(c, config_hash=CONFIG_HASH, observation_spec=SPEC, action_dim=ACTION_DIM, **kw).start()
+
+
+def client(c, actor_id="a0") -> ActorClient:
+    return ActorClient(c, actor_id=actor_id, config_hash=CONFIG_HASH, observation_spec=SPEC,
+                       action_dim=ACTION_DIM).start()
+
+
+def wait_for(predicate, timeout=10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+def store_in_order(srv, stored: dict, timeout=0.05) -> int:
+    """A learner: store sequence stored_through + 1 only; return how many it took."""
+    taken = 0
+    for delivery in srv.receive(timeout=timeout):
+        mark = stored.setdefault(delivery.stream, [])
+        if delivery.sequence == len(mark) + 1:
+            mark.append(delivery.sequence)
+            taken += 1
+        srv.ack(delivery.stream, stored_through=len(mark), resend=delivery.sequence > len(mark) + 1)
+    return taken
+
+
+def test_a_full_receive_queue_pushes_back_and_nothing_is_lost_or_doubled():
+    c = cfg(max_queued_messages=3)
+    with server(c) as srv, client(c) as cli:
+        assert wait_for(lambda: cli.state == "up")
+        rng = np.random.default_rng(0)
+        for _ in range(20):
+            cli.send(valid_chunk(rng))
+        assert wait_for(lambda: srv.stats()["deferred_busy"] > 0)
+        time.sleep(0.3)  # the learner is busy elsewhere: the queue stays at its bound
+        assert srv.stats()["queued_messages"] <= 3 and cli.busy_pauses > 0
+        stored: dict = {}
+        assert wait_for(lambda: (store_in_order(srv, stored), sum(map(len, stored.values())))[1] == 20)
+        assert list(stored.values()) == [list(range(1, 21))]
+        assert wait_for(cli.all_stored)
+        assert srv.stats()["queued_messages"] == 0 and srv.stats()["queued_bytes"] == 0
+
+
+# ----------------------------------------------------------------------------------- learner store
+
+
+def test_an_episode_longer_than_the_buffer_is_refused_with_a_clear_message(tmp_path):
+    learner = make_learner(learner_config(tmp_path, "learner.buffer_capacity=8", "task.max_episode_steps=7"))
+    try:
+        assert deliver(learner, "a0/x", 1, learner_chunk(0, 0, 4))
+        assert not deliver(learner, "a0/x", 2, learner_chunk(0, 4, 4))  # 8 steps need 9 slots: no exception
+        assert learner.books["a0/x"].refused and "learner.buffer_capacity" in learner.books["a0/x"].refused
+        assert learner.server.rejected_by_reason() == {"episode_too_long": 1}
+        assert learner.buffer.open_steps("a0/x") == 0  # the open part was dropped, not kept growing
+        assert not deliver(learner, "a0/x", 2, learner_chunk(0, 4, 1, end=True))  # refused for good
+        assert deliver(learner, "a1/y", 1, learner_chunk(0, 0, 3, end=True))  # other actors go on
+    finally:
+        learner.server.close()
+
+
+def test_open_episodes_are_bounded_and_an_evicted_one_is_resent(tmp_path):
+    learner = make_learner(learner_config(tmp_path, "transport.max_open_episodes=2"))
+    try:
+        for i, stream in enumerate(["a0/x", "a1/y", "a2/z"]):
+            assert deliver(learner, stream, 1, learner_chunk(i, 0, 3))
+            time.sleep(0.01)
+        assert sum(learner.buffer.open_steps(s) for s in ("a0/x", "a1/y", "a2/z")) == 6
+        assert learner.buffer.open_steps("a0/x") == 0 and learner.counters.evicted == 1
+        assert learner.books["a0/x"].stored_through == 0  # so its actor resends chunk 1
+        assert learner.server.watermarks()["a0/x"].stored_through == 0
+        assert deliver(learner, "a0/x", 1, learner_chunk(0, 0, 3))  # the resend is stored
+    finally:
+        learner.server.close()
+
+
+def test_the_learner_stops_loudly_when_its_transport_thread_dies(tmp_path, monkeypatch):
+    learner = make_learner(learner_config(tmp_path, "agent.online.warmup_steps=1000000"))
+
+    def broken(*args):
+        raise RuntimeError("poller exploded")
+
+    monkeypatch.setattr(learner.server, "_serve_once", broken)
+    started = time.monotonic()
+    with pytest.raises(TransportError, match="thread stopped"):
+        learner.run()
+    assert time.monotonic() - started < 60
+
+
+# ----------------------------------------------------------------------------------- storms
+
+
+def _hog(seconds: float) -> None:
+    end = time.monotonic() + seconds
+    x = 0
+    while time.monotonic() < end:
+        x += 1
+
+
+def test_a_starved_learner_gets_no_hello_or_resend_storm():
+    """The learner's thread stalls for 3 s (longer than the heartbeat timeout) while two CPU hogs
+    keep both cores busy. The actor goes down and knocks with HELLO: with back-off a handful of
+    times, not every interval; once the learner answers, only one WELCOME triggers a resend, and
+    every chunk is stored exactly once."""
+    c = cfg(heartbeat_interval_s=0.05, heartbeat_timeout_s=0.5, reconnect_max_s=2.0)
+    hogs = [mp.get_context("spawn").Process(target=_hog, args=(8.0,), daemon=True) for _ in range(2)]
+    for hog in hogs:
+        hog.start()
+    try:
+        with server(c) as srv, client(c) as cli:
+            assert wait_for(lambda: cli.state == "up")
+            rng = np.random.default_rng(0)
+            stored: dict = {}
+            for _ in range(5):
+                cli.send(valid_chunk(rng))
+            assert wait_for(lambda: (store_in_order(srv, stored), sum(map(len, stored.values())))[1] == 5)
+            original = srv._serve_once
+            stall_until = time.monotonic() + 3.0
+
+            def starved(*args):
+                if time.monotonic() < stall_until:
+                    time.sleep(stall_until - time.monotonic())
+                return original(*args)
+
+            srv._serve_once = starved
+            srv._wake()
+            for _ in range(10):  # produced while the learner is starved
+                cli.send(valid_chunk(rng))
+            assert wait_for(lambda: cli.state == "down", timeout=3.0)
+            hellos_before = cli.hellos_sent
+            assert wait_for(lambda: cli.state == "up", timeout=10.0)
+            time.sleep(0.5)  # every queued HELLO has been answered before the learner stores anything
+            hellos = cli.hellos_sent - hellos_before
+            assert hellos <= 8, f"{hellos} HELLOs during a 3 s stall (interval 0.05 s)"
+            assert srv.stats()["handshakes"] <= 1 + 8
+            assert wait_for(lambda: (store_in_order(srv, stored), sum(map(len, stored.values())))[1] == 15,
+                            timeout=15.0)
+            assert wait_for(lambda: cli.state == "up" and cli.all_stored())
+            assert cli.resends <= 12, f"{cli.resends} chunks resent for 10 unstored"
+            assert list(stored.values()) == [list(range(1, 16))]  # each once, in order
+    finally:
+        for hog in hogs:
+            hog.terminate()
+            hog.join()
+
+
+def test_a_burst_of_hello_required_sends_one_hello():
+    """A learner restarted on the same port answers every message of the not-yet-aware actor with
+    REJECT hello_required: the actor handshakes once, not once per refusal."""
+    c = cfg(heartbeat_interval_s=4.0, heartbeat_timeout_s=10.0, reconnect_max_s=4.0)
+    first = server(c)
+    with client(c) as cli:
+        try:
+            assert wait_for(lambda: cli.state == "up")
+        finally:
+            first.close()
+        with server(c) as second:
+            time.sleep(1.5)  # the actor's socket reconnects (<= 1 s); it still believes the link is up
+            assert cli.state == "up"
+            hellos_before = cli.hellos_sent
+            rng = np.random.default_rng(0)
+            for _ in range(30):
+                cli.send(valid_chunk(rng))
+            stored: dict = {}
+            assert wait_for(lambda: (store_in_order(second, stored), sum(map(len, stored.values())))[1] == 30)
+            assert second.stats().get("rejected/order", 0) >= 10, second.stats()  # the burst happened
+            assert cli.hellos_sent - hellos_before <= 2 and second.stats()["handshakes"] <= 2, second.stats()
+            assert list(stored.values()) == [list(range(1, 31))]
