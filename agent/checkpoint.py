@@ -218,7 +218,10 @@ class AgentCheckpointer:
             if _is_disk_error(exc):
                 raise CheckpointWriteError(f"cannot create the checkpoint folder {describe_write_failure(self.directory, exc)}") from None
             raise
-        self.remove_temporaries()
+        # Temporaries are not removed here: a reader (eval, a pipeline polling) must never delete
+        # the in-flight save of the process that owns the directory. The owner calls
+        # `remove_temporaries()` at start; a failed save removes its own.
+        self.restored_step: int | None = None
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -229,16 +232,17 @@ class AgentCheckpointer:
     def step_directory(self, step: int) -> Path:
         return self.directory / str(int(step))
 
-    def remove_temporaries(self) -> list[Path]:
-        """Delete what an interrupted or failed save left behind (orbax temporaries, manifest temps)."""
+    def remove_temporaries(self, step: int | None = None) -> list[Path]:
+        """Delete what an interrupted or failed save left behind (orbax temporaries, manifest
+        temps): of step `step`, or of every step (only the directory's one writer may do that)."""
         removed = []
         if not self.directory.is_dir():
             return removed
         for entry in self.directory.iterdir():
-            if _ORBAX_TEMP_MARK in entry.name:
+            if _ORBAX_TEMP_MARK in entry.name and (step is None or entry.name.startswith(f"{int(step)}.")):
                 shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
                 removed.append(entry)
-        for leftover in self.directory.glob(f"*/.tmp-{MANIFEST_NAME}-*"):
+        for leftover in self.directory.glob(f"{'*' if step is None else int(step)}/.tmp-{MANIFEST_NAME}-*"):
             leftover.unlink(missing_ok=True)
         return removed
 
@@ -299,7 +303,7 @@ class AgentCheckpointer:
         except Exception:  # the step may be half there; remove it by hand below
             pass
         shutil.rmtree(self.step_directory(step), ignore_errors=True)
-        self.remove_temporaries()
+        self.remove_temporaries(step)
         try:
             self._manager.reload()
         except Exception:
@@ -368,7 +372,9 @@ class AgentCheckpointer:
         CheckpointCorruptError when the step's files fail their checksums. With `step=None` a
         corrupt newest step falls back to the previous one, with one warning line."""
         if step is not None:
-            return self._restore_step(template, self._resolve(step), config)
+            restored = self._restore_step(template, self._resolve(step), config)
+            self.restored_step = step
+            return restored
         problems = []
         for candidate in reversed(self.all_steps()):
             try:
@@ -380,6 +386,7 @@ class AgentCheckpointer:
                 continue
             if problems:
                 _log.warning("%s; restored checkpoint %s instead", "; ".join(problems), candidate)
+            self.restored_step = candidate
             return restored
         self._resolve(None)  # raises "no checkpoint" when there is none
         raise CheckpointCorruptError(f"no usable checkpoint in {self.directory}: {'; '.join(problems)}. "

@@ -205,6 +205,7 @@ class Learner:
         self.books: dict[str, StreamBook] = {}
         try:
             self.checkpointer = AgentCheckpointer(self.run_dir / "checkpoints", max_to_keep=lcfg.keep_checkpoints)
+            self.checkpointer.remove_temporaries()  # one learner per run directory: ours to clean
         except CheckpointWriteError as exc:
             raise LearnerError(f"{exc}; give the learner a writable learner.run_dir") from None
         self.pretrained = pretrained

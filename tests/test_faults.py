@@ -334,6 +334,7 @@ def test_learner_checkpoint_under_simulated_enospc_keeps_the_previous_and_leaves
     with monkeypatch.context() as patch:  # the buffer snapshot fails
         patch.setattr(replay_module.np, "savez", no_space)
         assert learner.try_checkpoint() is None
+    assert_no_temporaries(tmp_path / "learner")  # (a later save of the same name would hide one)
     original = learner.checkpointer._manager.save
     with monkeypatch.context() as patch:  # the orbax step fails after the buffer was written
         patch.setattr(learner.checkpointer._manager, "save",

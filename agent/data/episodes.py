@@ -252,9 +252,6 @@ def _episode_from_arrays(arrays: Mapping[str, np.ndarray]) -> Episode:
         raise ValueError(
             f"format version {metadata['format_version']} is newer than this code reads ({FORMAT_VERSION})"
         )
-    expected = metadata.get("content_sha256")
-    if expected is not None and content_sha256(arrays) != expected:
-        raise ValueError("its arrays do not match the content_sha256 in its metadata (damaged file)")
 
     def section(prefix: str) -> dict[str, np.ndarray]:
         return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
@@ -270,7 +267,10 @@ def _episode_from_arrays(arrays: Mapping[str, np.ndarray]) -> Episode:
         info=section("info/"),
         frame_info=section("frame_info/"),
     )
-    episode.validate()
+    episode.validate()  # shapes first: their message names the array
+    expected = metadata.get("content_sha256")
+    if expected is not None and content_sha256(arrays) != expected:
+        raise ValueError("its arrays do not match the content_sha256 in its metadata (damaged file)")
     return episode
 
 
