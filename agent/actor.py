@@ -11,11 +11,17 @@ the arm holding its last pose (`finish_episode`). It also waits at an episode bo
 than `actor.max_unacked_transitions` steps are not yet durable, so memory stays bounded and
 nothing is dropped. Stopping (Ctrl-C, SIGTERM, `max_episodes`) ends the episode in progress as
 truncated at the current step, writes it, and gives the learner `flush_timeout_s` to store it.
+
+Disk errors: the episode folder is checked for writing before the arm moves; an episode that
+cannot be written (full disk, folder gone read-only) stops the actor after that episode's last
+step with one line (`EpisodeWriteError`): no further step is taken, so the arm holds its pose,
+the steps already sent stay with the learner, and every episode written before is untouched.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import zlib
@@ -41,12 +47,33 @@ from agent.process_config import ActorConfig, TransportConfig, validate_process_
 from agent.transport.client import ActorClient
 from agent.transport.protocol import TransitionChunk
 from agent.transport.security import TransportError
+from robot_env.errors import UserError
 
 log = logging.getLogger("agent.actor")
 
 # An actor that cannot reach its learner says so after this long, then this often (s).
 UNREACHABLE_FIRST_REPORT_S = 5.0
 UNREACHABLE_REPORT_EVERY_S = 30.0
+
+
+class EpisodeWriteError(UserError, OSError):
+    """The actor's episode folder refused a write (full disk, unwritable folder)."""
+
+
+def _free_bytes(path: Path) -> str:
+    import shutil
+
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return str(shutil.disk_usage(path).free)
+    except OSError:
+        return "unknown"
+
+
+def _disk_reason(exc: OSError, directory: Path) -> str:
+    return f"{directory}: {exc.strerror or exc} ({_free_bytes(directory)} bytes free)"
 
 
 def observation_spec_of(env: gym.Env) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
@@ -111,7 +138,7 @@ class Actor:
         self.seed = int(seed)
         self.config_hash = config_hash
         self.episode_metadata = dict(episode_metadata or {})
-        self.store = EpisodeStore(episodes_dir, create=True)
+        self.store = self._writable_store(Path(episodes_dir))
         spec = observation_spec_of(env)
         self.agent: Agent = agent
         self._template = self.agent
@@ -129,6 +156,27 @@ class Actor:
         self._actor_seed = zlib.crc32(actor_cfg.actor_id.encode())
         self._key = jax.random.fold_in(jax.random.PRNGKey(self.seed), self._actor_seed)
         self._first_episode = len(self.store)
+
+    # ------------------------------------------------------------------ disk
+
+    def _writable_store(self, directory: Path) -> EpisodeStore:
+        """The episode store, after proving the folder takes a write (before the arm moves)."""
+        probe = directory / f".tmp-write-check-{os.getpid()}"
+        try:
+            store = EpisodeStore(directory, create=True)
+            with open(probe, "wb") as handle:
+                handle.write(b"0" * 4096)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            raise EpisodeWriteError(f"actor '{self.acfg.actor_id}' cannot write episodes to {_disk_reason(exc, directory)}"
+                                    "; free space or set actor.episodes_dir to a writable folder") from None
+        finally:
+            try:
+                probe.unlink(missing_ok=True)
+            except OSError:
+                pass
+        return store
 
     # ------------------------------------------------------------------ parameters
 
@@ -268,10 +316,20 @@ class Actor:
             success = bool(info.get("success", False))
             interventions += intervened
             self.stats.period_overruns.append(float(info.get("period_overrun_s", 0.0)))
-            recorder.add(executed, reward, observation, bool(terminated), truncated, intervened, {"success": success})
             pending.add(executed, float(reward), observation, bool(terminated), truncated, intervened, success)
             if done or len(pending.rows) >= acfg.send_every_steps:
-                self.client.send(pending.take())
+                self.client.send(pending.take())  # before the disk write: a full disk loses no step
+            try:
+                recorder.add(executed, reward, observation, bool(terminated), truncated, intervened,
+                             {"success": success})
+            except OSError as exc:
+                self._stop.set()  # no further step: the arm holds its pose
+                written = len(self.store) - self._first_episode
+                raise EpisodeWriteError(
+                    f"actor '{acfg.actor_id}' stopped: episode {index} could not be written to "
+                    f"{_disk_reason(exc, self.store.directory)}; the arm holds its pose, its steps went to the "
+                    f"learner, and the {written} episode(s) written before are intact. Free space (or set "
+                    "actor.episodes_dir) and start the actor again") from None
             self.stats.steps += 1
             if status is not None:
                 status.update(self.status_text(pending.next_step + len(pending.rows), rate.hz))
@@ -285,4 +343,4 @@ class Actor:
                           f"success {self.stats.moving(self.stats.successes)} | {self._link_text()}", force=True)
 
 
-__all__ = ["Actor", "ActorStats", "observation_spec_of"]
+__all__ = ["Actor", "ActorStats", "EpisodeWriteError", "observation_spec_of"]

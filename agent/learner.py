@@ -12,6 +12,13 @@ rest. So the buffer holds every transition an actor produced exactly once.
 
 The loop (`Learner.run`): take deliveries, store them, run a learner step when allowed, publish,
 checkpoint, log. `docs/processes.md` has the details.
+
+Faults (docs/processes.md, "Faults"): a learner step whose losses or new parameters are not finite
+is skipped (the agent keeps its previous state), counted and logged, and
+`learner.max_consecutive_nonfinite_updates` in a row stop the learner with a message about the
+data; no checkpoint is written while the last step was non-finite. Resume verifies checksums and
+falls back to the previous kept checkpoint when the newest is damaged. A checkpoint the disk
+refuses is retried every `learner.checkpoint_retry_s` while training goes on.
 """
 
 from __future__ import annotations
@@ -27,12 +34,25 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from agent.checkpoint import AgentCheckpointer
+from agent.checkpoint import (
+    AgentCheckpointer,
+    CheckpointError,
+    CheckpointMismatchError,
+    CheckpointWriteError,
+    describe_write_failure,
+)
 from agent.config import AgentConfig
 from agent.core import Agent, agent_encode_frames, uses_feature_cache
-from agent.data.replay_buffer import BufferFactory, ReplayBuffer
+from agent.data.replay_buffer import (
+    BufferFactory,
+    BufferShapingError,
+    CorruptBufferError,
+    ReplayBuffer,
+    file_sha256,
+)
 from agent.metrics import MetricsWriter
 from agent.param_sync import all_finite, backbone_digest, export_acting_params, export_backbone
 from agent.process_config import LearnerConfig, TransportConfig, validate_process_config
@@ -51,7 +71,56 @@ class LearnerError(UserError, RuntimeError):
     """A learner problem the user must act on (diverged training, unusable data)."""
 
 
+# Stored values beyond these magnitudes are named when updates turn non-finite.
+_SUSPECT_OBSERVATION = 1e6
+_SUSPECT_REWARD = 1e6
 
+
+@jax.jit
+def _trainable_state_finite(agent: Agent) -> jax.Array:
+    """Whether every float leaf of the agent's trained state (not the frozen backbone) is finite."""
+    parts = (agent.actor, agent.critic, agent.target_critic_params, agent.temperature, agent.lagrange)
+    checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(parts) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(checks)) if checks else jnp.array(True)
+
+
+@dataclass
+class DataStats:
+    """Largest magnitudes (and non-finite counts) a source put into a buffer: what the non-finite
+    stop names. Not part of a checkpoint."""
+
+    action: float = 0.0
+    reward: float = 0.0
+    observation: float = 0.0
+    nonfinite: int = 0
+
+    def add(self, actions: np.ndarray, rewards: np.ndarray, observations: Mapping[str, np.ndarray]) -> None:
+        floats = [np.asarray(actions, np.float64), np.asarray(rewards, np.float64)]
+        floats += [np.asarray(v, np.float64) for v in observations.values() if np.asarray(v).dtype.kind == "f"]
+        self.nonfinite += int(sum(np.count_nonzero(~np.isfinite(a)) for a in floats))
+
+        def peak(array) -> float:
+            array = np.abs(np.asarray(array, np.float64))
+            array = array[np.isfinite(array)]
+            return float(array.max()) if array.size else 0.0
+
+        self.action = max(self.action, peak(actions))
+        self.reward = max(self.reward, peak(rewards))
+        for value in observations.values():
+            if np.asarray(value).dtype.kind == "f":
+                self.observation = max(self.observation, peak(value))
+
+    def findings(self) -> list[str]:
+        found = []
+        if self.nonfinite:
+            found.append(f"{self.nonfinite} non-finite value(s)")
+        if self.action > 1.0 + 1e-6:
+            found.append(f"actions up to |{self.action:.3g}| (the action space is [-1, 1])")
+        if self.reward > _SUSPECT_REWARD:
+            found.append(f"rewards up to |{self.reward:.3g}|")
+        if self.observation > _SUSPECT_OBSERVATION:
+            found.append(f"observations up to |{self.observation:.3g}|")
+        return found
 
 # ------------------------------------------------------------------------------------ bookkeeping
 
@@ -72,6 +141,7 @@ class StreamBook:
     last_observation: dict[str, np.ndarray] | None = None
     last_active: float = 0.0  # monotonic time of the last chunk stored (eviction order)
     refused: str = ""  # why this stream's chunks are no longer accepted (final)
+    data: DataStats = field(default_factory=DataStats)
 
     def durable_state(self) -> dict[str, Any]:
         return {"actor": self.actor, "committed_through": self.committed_through,
@@ -95,6 +165,10 @@ class LearnerCounters:
     inconsistent: int = 0
     evicted: int = 0  # open episodes dropped for transport.max_open_episodes (their actors resend them)
     refused_streams: int = 0
+    skipped_nonfinite: int = 0  # learner steps rolled back because a loss or parameter was not finite
+    nonfinite_streak: int = 0  # of them, how many in a row up to now
+    quarantined_episodes: int = 0  # buffer episodes made unsampleable for holding non-finite values
+    checkpoint_failures: int = 0  # checkpoints the disk refused (retried)
     recent_success: deque = field(default_factory=lambda: deque(maxlen=20))
     recent_interventions: deque = field(default_factory=lambda: deque(maxlen=20))
 
@@ -121,18 +195,25 @@ class Learner:
         self.report = report
         lcfg = learner_cfg
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.buffer_dir = self.run_dir / "replay"
-        self.buffer_dir.mkdir(exist_ok=True)
-        for leftover in self.buffer_dir.glob(".tmp-*"):  # a buffer save cut short by a crash
-            leftover.unlink(missing_ok=True)
+        try:
+            self.buffer_dir.mkdir(parents=True, exist_ok=True)
+            for leftover in self.buffer_dir.glob(".tmp-*"):  # a buffer save cut short by a crash
+                leftover.unlink(missing_ok=True)
+        except OSError as exc:
+            raise LearnerError(f"cannot use learner.run_dir {describe_write_failure(self.run_dir, exc)}; "
+                               "give the learner a writable folder") from None
         self.spec = {k: (tuple(int(d) for d in shape), np.dtype(dtype)) for k, (shape, dtype) in observation_spec.items()}
         self.action_dim = int(action_dim)
         self.new_buffer = new_buffer
         self.rng = np.random.default_rng(seed)
         self.counters = LearnerCounters()
         self.books: dict[str, StreamBook] = {}
-        self.checkpointer = AgentCheckpointer(self.run_dir / "checkpoints", max_to_keep=lcfg.keep_checkpoints)
+        try:
+            self.checkpointer = AgentCheckpointer(self.run_dir / "checkpoints", max_to_keep=lcfg.keep_checkpoints)
+            self.checkpointer.remove_temporaries()  # one learner per run directory: ours to clean
+        except CheckpointWriteError as exc:
+            raise LearnerError(f"{exc}; give the learner a writable learner.run_dir") from None
         self.pretrained = pretrained
         self.agent = agent
         self.feature_cache = uses_feature_cache(self.agent)
@@ -142,6 +223,9 @@ class Learner:
             self._resume(feature_fn)
         else:
             self.buffer = new_buffer(self.spec, self.action_dim, lcfg.buffer_capacity, feature_fn=feature_fn)
+        self._episode_streams: dict[int, str] = {}  # buffer episode id -> the stream that sent it
+        self._last_stream = ""
+        self.offline_data = DataStats()
         self.offline = self._load_offline(offline_dirs, feature_fn) if offline_dirs else None
         if self.offline is None and agent_cfg.online.offline_ratio != 0:
             raise LearnerError(f"agent.online.offline_ratio={agent_cfg.online.offline_ratio} mixes offline data "
@@ -163,6 +247,8 @@ class Learner:
         self._time_at_last_log = time.monotonic()
         self._dirty = False
         self._published_after_warmup = False
+        self._next_checkpoint_try = 0.0  # after a refused checkpoint: not before this (monotonic s)
+        self._metrics_failing = False
 
     # ------------------------------------------------------------------ construction helpers
 
@@ -196,31 +282,85 @@ class Learner:
         buffer = self.new_buffer(self.spec, self.action_dim, capacity, feature_fn=feature_fn)
         for episode in episodes:
             buffer.add_episode_record(episode)
+            self.offline_data.add(episode.actions, episode.rewards, episode.observations)
         self.report(f"offline data: {buffer.num_transitions} transitions from {len(episodes)} episodes "
                     f"(offline_ratio {self.agent_cfg.online.offline_ratio})")
         return buffer
 
     def _resume(self, feature_fn) -> None:
-        step = self.checkpointer.latest_step()
+        """Resume from the newest checkpoint whose files and buffer verify; damaged newer ones are
+        moved to `<run_dir>/corrupt/` with one warning line. None usable: one LearnerError."""
+        problems: list[tuple[int, str]] = []
+        for step in sorted(self.checkpointer.all_steps(), reverse=True):
+            try:
+                self._resume_from(step, feature_fn)
+            except (CheckpointError, CorruptBufferError, FileNotFoundError) as exc:
+                if isinstance(exc, CheckpointMismatchError):
+                    raise
+                problems.append((step, str(exc)))
+                continue
+            if problems:
+                moved = self._move_aside([s for s, _ in problems])
+                self.report(f"warning: checkpoint {problems[0][0]} is unusable ({problems[0][1]}); resumed from "
+                            f"the previous checkpoint {step} instead" + (f", moved the damaged one(s) to {moved}"
+                                                                        if moved else ""))
+            self.report(f"resumed from checkpoint {step}: {self.counters.steps} learner steps, "
+                        f"{self.online_transitions} transitions from {len(self.books)} actor stream(s)")
+            return
+        details = "; ".join(f"{step}: {reason}" for step, reason in problems)
+        raise LearnerError(f"cannot resume: no usable checkpoint in {self.checkpointer.directory} ({details}). "
+                           f"Move {self.run_dir} aside to start afresh; every episode the actors recorded is in their "
+                           "episode folders (train on them with --offline-data)")
+
+    def _resume_from(self, step: int, feature_fn) -> None:
         meta = self.checkpointer.read_meta(step)
         extra = meta.get("extra", {})
         if extra.get("format") != BOOKKEEPING_FORMAT:
             raise LearnerError(f"{self.checkpointer.directory} holds checkpoints of another command; give the "
                                "learner its own learner.run_dir")
         restored, _ = self.checkpointer.restore(self.agent, step, self.agent_cfg)
-        self.agent = restored
         buffer_path = self.buffer_dir / extra["buffer_file"]
+        expected = extra.get("buffer_sha256")  # absent in checkpoints written before checksums
+        if expected is None:
+            log.warning("checkpoint %d records no checksum for %s (an older version wrote it); loading it unverified",
+                        step, buffer_path.name)
         try:
-            self.buffer = self.new_buffer.load(buffer_path, feature_fn=feature_fn)
-        except (ValueError, FileNotFoundError) as exc:
-            raise LearnerError(f"cannot resume: the replay buffer of checkpoint {step} is unreadable ({exc}); "
-                               f"move {self.run_dir} aside to start afresh") from None
+            buffer = self.new_buffer.load(buffer_path, feature_fn=None, expected_sha256=expected)
+        except FileNotFoundError:
+            raise CorruptBufferError(f"its replay buffer {buffer_path} is missing") from None
+        except BufferShapingError as exc:
+            raise LearnerError(f"cannot resume from checkpoint {step}: {exc}") from None
+        except ValueError as exc:
+            raise CorruptBufferError(str(exc)) from None
+        self.agent = restored
+        if feature_fn is not None:  # encoded with the restored agent's backbone (feature_fn reads self.agent)
+            buffer.set_feature_fn(feature_fn)
+        self.buffer = buffer
         self.books = {stream: StreamBook.from_durable(state) for stream, state in extra["streams"].items()}
         self.counters.steps = int(extra["learner_steps"])
         self.counters.params_version = int(extra["params_version"])
         self.counters.checkpoints = step
-        self.report(f"resumed from checkpoint {step}: {self.counters.steps} learner steps, "
-                    f"{self.online_transitions} transitions from {len(self.books)} actor stream(s)")
+
+    def _move_aside(self, steps: Sequence[int]) -> Path | None:
+        """Move damaged checkpoint steps (and their buffer files) to <run_dir>/corrupt/, so new
+        checkpoints do not reuse their numbers and pruning does not count them."""
+        target = self.run_dir / "corrupt"
+        moved = False
+        for step in steps:
+            try:
+                target.mkdir(exist_ok=True)
+                stamp = time.strftime("%Y%m%d-%H%M%S")
+                source = self.checkpointer.step_directory(step)
+                if source.exists():
+                    source.rename(target / f"checkpoint_{step}_{stamp}")
+                    moved = True
+                buffer_file = self.buffer_dir / f"buffer_{step:06d}.npz"
+                if buffer_file.exists():
+                    buffer_file.rename(target / f"buffer_{step:06d}_{stamp}.npz")
+            except OSError as exc:
+                log.warning("could not move damaged checkpoint %d aside (%s); it stays in place", step, exc)
+        self.checkpointer.reload()
+        return target if moved else None
 
     # ------------------------------------------------------------------ state
 
@@ -285,6 +425,10 @@ class Learner:
             return False
         if chunk.step == 0 and book.last_observation is None:
             self._make_room_for_an_episode(stream)
+        book.data.add(chunk.actions, chunk.rewards, chunk.next_observations)
+        if chunk.first_observation is not None:
+            book.data.add(np.zeros((0,)), np.zeros((0,)), chunk.first_observation)
+        self._last_stream = stream
         try:
             for k in range(len(chunk)):
                 observation = {key: value[k] for key, value in chunk.next_observations.items()}
@@ -303,6 +447,7 @@ class Learner:
         book.last_observation = {k: np.array(v) for k, v in previous.items()}
         book.last_active = time.monotonic()
         if chunk.ends_episode:
+            self._episode_streams[self.buffer.num_episodes_added - 1] = stream
             book.committed_through = delivery.sequence
             book.transitions_committed = book.transitions_stored
             book.episodes += 1
@@ -358,7 +503,10 @@ class Learner:
         return (self.warmup_done and self.buffer.num_transitions > 0 and self._step_budget_left()
                 and (self.lcfg.max_steps == 0 or self.counters.steps < self.lcfg.max_steps))
 
-    def update(self) -> dict[str, float]:
+    def update(self) -> dict[str, float] | None:
+        """One learner step. Returns its metrics, or None when it was skipped because a loss or a
+        new parameter was not finite (the agent keeps its previous state). Raises LearnerError
+        after `learner.max_consecutive_nonfinite_updates` skipped steps in a row."""
         sac = self.agent_cfg.sac
         batches = sample_batches(
             self.buffer, self.offline, self.rng, sac.batch_size, sac.utd, self.agent_cfg.online.offline_ratio,
@@ -366,11 +514,12 @@ class Learner:
         agent, metrics = learner_step(self.agent, batches)
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+        if not bad and not bool(_trainable_state_finite(agent)):
+            bad = ["parameters"]  # e.g. a non-finite gradient of an earlier UTD critic update
         if bad:
-            raise LearnerError(
-                f"learner step {self.counters.steps + 1} produced non-finite {', '.join(bad[:4])}; nothing from it "
-                f"was published or checkpointed (last checkpoint: {self.checkpointer.latest_step()}). Lower "
-                "agent.sac.*_lr or check the rewards, then restart the learner: it resumes from that checkpoint")
+            self._skip_nonfinite(bad, batches)
+            return None
+        self.counters.nonfinite_streak = 0
         self.agent = agent
         self.counters.steps += 1
         self._dirty = True
@@ -379,6 +528,56 @@ class Learner:
             metrics.update({k: float(v) for k, v in
                             policy_drift(self.agent, self.pretrained.actor.params, last["observations"]).items()})
         return metrics
+
+    def _skip_nonfinite(self, bad: Sequence[str], batches: Mapping[str, Any]) -> None:
+        counters = self.counters
+        counters.skipped_nonfinite += 1
+        counters.nonfinite_streak += 1
+        quarantined = self._quarantine_nonfinite() if _has_nonfinite(batches) else 0
+        limit = self.lcfg.max_consecutive_nonfinite_updates
+        log.warning("learner step %d skipped: non-finite %s (%d in a row, limit %d; %d skipped in all); the agent "
+                    "keeps its previous state%s", counters.steps + 1, ", ".join(bad[:4]), counters.nonfinite_streak,
+                    limit, counters.skipped_nonfinite,
+                    f"; {quarantined} buffer episode(s) with non-finite values set aside" if quarantined else "")
+        if counters.nonfinite_streak >= limit:
+            raise LearnerError(self._nonfinite_stop_message(bad))
+
+    def _quarantine_nonfinite(self) -> int:
+        """Make buffer episodes holding non-finite values unsampleable; returns how many."""
+        found = 0
+        for name, buffer in (("online", self.buffer), ("offline", self.offline)):
+            if buffer is None:
+                continue
+            episodes = buffer.nonfinite_episodes()
+            if episodes:
+                removed = buffer.invalidate_episodes(episodes)
+                streams = sorted({self._episode_streams.get(e, "?") for e in episodes}) if name == "online" else []
+                log.warning("%s buffer: %d episode(s) (%d transitions) hold non-finite values and are no longer "
+                            "sampled%s", name, len(episodes), removed,
+                            f" (from stream(s) {', '.join(streams)})" if streams else "")
+                found += len(episodes)
+        self.counters.quarantined_episodes += found
+        return found
+
+    def _nonfinite_stop_message(self, bad: Sequence[str]) -> str:
+        findings = [f"stream {stream} sent {'; '.join(book.data.findings())}"
+                    for stream, book in sorted(self.books.items()) if book.data.findings()]
+        if self.offline is not None and self.offline_data.findings():
+            findings.append(f"the --offline-data buffer holds {'; '.join(self.offline_data.findings())}")
+        buffer_peaks = _buffer_peaks(self.buffer)
+        if not findings:
+            recent = f"; the most recent data came from stream {self._last_stream}" if self._last_stream else ""
+            findings.append(f"no stored value is non-finite or beyond the usual range (online buffer: {buffer_peaks})"
+                            f"{recent}: look at that actor's episodes and its reward source")
+        else:
+            findings.append(f"online buffer: {buffer_peaks}")
+        latest = self.checkpointer.latest_step()
+        return (f"learner stopped: {self.counters.nonfinite_streak} learner steps in a row were non-finite "
+                f"({', '.join(bad[:4])}) and were skipped; none of them was published or checkpointed (last good "
+                f"checkpoint: {latest if latest is not None else 'none'} in {self.checkpointer.directory}). The data "
+                f"is the likely cause: {'; '.join(findings)}. Move the offending episodes out of the actor's episode "
+                "folder (`franka-rl dataset info DIR` checks them) or fix the actor that sends them, then restart the "
+                "learner: it resumes from that checkpoint")
 
     def compile_update(self) -> None:
         """Compile the learner step on a batch of zeros and discard the result.
@@ -405,30 +604,62 @@ class Learner:
 
     def publish(self) -> None:
         arrays = export_acting_params(self.agent)
-        if not all_finite(arrays):
+        if not all_finite(arrays):  # update() never keeps such a state; this guards other paths in
             raise LearnerError(f"the parameters after learner step {self.counters.steps} are not finite; they were "
-                               f"not published (last checkpoint: {self.checkpointer.latest_step()}). Lower "
-                               "agent.sac.*_lr or check the rewards, then restart the learner")
+                               f"not published (last checkpoint: {self.checkpointer.latest_step()}). Check the data "
+                               "in the replay buffer (and any --offline-data), then restart the learner")
         self.counters.params_version = self.counters.steps
         self._published_after_warmup = self.warmup_done
         self.server.publish(self.counters.params_version, arrays, warmup=not self.warmup_done)
 
     # ------------------------------------------------------------------ checkpoints
 
-    def checkpoint(self) -> int:
-        """Agent + buffer + bookkeeping, atomically; then tell the actors what is durable."""
-        index = self.counters.checkpoints + 1
+    def checkpoint_refusal(self) -> str:
+        """Why the current state must not be checkpointed ('' when it may be)."""
+        if self.counters.nonfinite_streak:
+            return "the last learner step was non-finite"
+        if not bool(_trainable_state_finite(self.agent)):
+            return "the agent's parameters are not finite"
+        return ""
+
+    def checkpoint(self) -> int | None:
+        """Agent + buffer + bookkeeping, atomically; then tell the actors what is durable.
+
+        Returns the checkpoint's number, or None when the state is poisoned (nothing written).
+        Raises CheckpointWriteError when the disk refuses (nothing partial is left behind and the
+        previous checkpoint stays the latest)."""
+        refusal = self.checkpoint_refusal()
+        if refusal:
+            log.warning("checkpoint not written: %s; checkpoint %s stays the latest", refusal,
+                        self.checkpointer.latest_step())
+            return None
+        if self.buffer.nonfinite_episodes():
+            self._quarantine_nonfinite()  # a snapshot never carries sampleable non-finite data
+        index = max([self.counters.checkpoints, *self.checkpointer.all_steps()]) + 1
         buffer_file = f"buffer_{index:06d}.npz"
-        self.buffer.save(self.buffer_dir / buffer_file)
+        buffer_path = self.buffer_dir / buffer_file
+        try:
+            self.buffer.save(buffer_path)
+            buffer_sha = file_sha256(buffer_path)
+        except OSError as exc:
+            buffer_path.unlink(missing_ok=True)
+            raise CheckpointWriteError(f"checkpoint {index} not written: replay buffer folder "
+                                       f"{describe_write_failure(self.buffer_dir, exc)}") from None
         extra = {
             "format": BOOKKEEPING_FORMAT,
             "buffer_file": buffer_file,
+            "buffer_sha256": buffer_sha,
+            "buffer_bytes": buffer_path.stat().st_size,
             "learner_steps": self.counters.steps,
             "params_version": self.counters.params_version,
             "transitions": sum(b.transitions_committed for b in self.books.values()),
             "streams": {s: b.durable_state() for s, b in self.books.items()},
         }
-        self.checkpointer.save(index, self.agent, self.agent_cfg, extra)
+        try:
+            self.checkpointer.save(index, self.agent, self.agent_cfg, extra)
+        except BaseException:
+            buffer_path.unlink(missing_ok=True)  # belongs to no checkpoint
+            raise
         self.counters.checkpoints = index
         kept = {f"buffer_{s:06d}.npz" for s in self.checkpointer.all_steps()}
         for old in self.buffer_dir.glob("buffer_*.npz"):
@@ -440,6 +671,19 @@ class Learner:
         self._last_checkpoint_step = self.counters.steps
         self._dirty = False
         return index
+
+    def try_checkpoint(self) -> int | None:
+        """`checkpoint()`, turning a refused write into one warning line and a retry after
+        `learner.checkpoint_retry_s` (training goes on; actors keep what is not durable)."""
+        try:
+            return self.checkpoint()
+        except (CheckpointWriteError, OSError) as exc:
+            self.counters.checkpoint_failures += 1
+            self._next_checkpoint_try = time.monotonic() + self.lcfg.checkpoint_retry_s
+            latest = self.checkpointer.latest_step()
+            self.report(f"warning: {exc}; training goes on, next try in {self.lcfg.checkpoint_retry_s:g} s "
+                        f"(latest good checkpoint: {latest if latest is not None else 'none'})")
+            return None
 
     # ------------------------------------------------------------------ main loop
 
@@ -457,9 +701,22 @@ class Learner:
         now = time.monotonic()
         steps_per_s = (self.counters.steps - self._steps_at_last_log) / max(now - self._time_at_last_log, 1e-9)
         self._steps_at_last_log, self._time_at_last_log = self.counters.steps, now
-        if train_metrics:
-            self.metrics.log(self.counters.steps, train_metrics, prefix="train")
         success, interventions = self.counters.recent_success, self.counters.recent_interventions
+        try:
+            self._write_metrics(train_metrics, success, interventions, steps_per_s)
+        except OSError as exc:  # a full disk must not stop training
+            if not self._metrics_failing:
+                self.report(f"warning: metrics not written ({describe_write_failure(self.run_dir, exc)}); "
+                            "training goes on")
+            self._metrics_failing = True
+        else:
+            self._metrics_failing = False
+
+    def _write_metrics(self, train_metrics: Mapping[str, float], success: deque, interventions: deque,
+                       steps_per_s: float) -> None:
+        self.metrics.log(self.counters.steps, {**train_metrics,
+                                               "skipped_nonfinite_updates": self.counters.skipped_nonfinite},
+                         prefix="train")
         online = {
             "transitions": self.online_transitions,
             "episodes": sum(b.episodes for b in self.books.values()),
@@ -473,6 +730,8 @@ class Learner:
             "streams_refused": self.counters.refused_streams,
             "learner_steps_per_s": steps_per_s,
             "buffer_transitions": self.buffer.num_transitions,
+            "quarantined_episodes": self.counters.quarantined_episodes,
+            "checkpoint_failures": self.counters.checkpoint_failures,
         }
         # One row: online/* and transport/* (rejections by reason, busy deferrals, early duplicates).
         self.metrics.log(self.counters.steps, {**{f"online/{k}": v for k, v in online.items()},
@@ -495,18 +754,21 @@ class Learner:
                 for delivery in self.server.receive(timeout=0.0 if busy else 0.05):
                     self.store(delivery)
                 if self.can_update():
-                    last_metrics = self.update()
-                    if self.counters.steps % lcfg.publish_every_steps == 0:
-                        self.publish()
-                    if self.counters.steps - last_log_step >= lcfg.log_every_steps:
-                        self._log(last_metrics)
-                        last_log_step = self.counters.steps
+                    step_metrics = self.update()
+                    if step_metrics is not None:
+                        last_metrics = step_metrics
+                        if self.counters.steps % lcfg.publish_every_steps == 0:
+                            self.publish()
+                        if self.counters.steps - last_log_step >= lcfg.log_every_steps:
+                            self._log(last_metrics)
+                            last_log_step = self.counters.steps
                 if self.warmup_done and not self._published_after_warmup:
                     self.publish()  # same parameters, but the actors now label their episodes "policy"
                 due = (self.counters.steps - self._last_checkpoint_step >= lcfg.checkpoint_every_steps
                        or time.monotonic() - self._last_checkpoint_time >= lcfg.checkpoint_interval_s)
-                if due and self._dirty:
-                    self.checkpoint()
+                if due and self._dirty and time.monotonic() >= self._next_checkpoint_try \
+                        and not self.counters.nonfinite_streak:
+                    self.try_checkpoint()
                 if status is not None and time.monotonic() - last_status >= lcfg.status_interval_s:
                     status.update(self.status_text(), force=True)
                     last_status = time.monotonic()
@@ -514,8 +776,9 @@ class Learner:
                     break
         finally:
             try:
-                if self._dirty:
-                    self.checkpoint()
+                # Never from a poisoned state: after a non-finite step the last good checkpoint stays.
+                if self._dirty and not self.counters.nonfinite_streak:
+                    self.try_checkpoint()
                 self._log(last_metrics)
             finally:
                 self.server.close()
@@ -523,7 +786,29 @@ class Learner:
         return self.counters
 
 
+def _has_nonfinite(tree: Any) -> bool:
+    return any(np.asarray(x).dtype.kind == "f" and not np.all(np.isfinite(x)) for x in jax.tree.leaves(tree))
+
+
+def _buffer_peaks(buffer: ReplayBuffer) -> str:
+    """Largest finite magnitudes and non-finite counts among the buffer's sampleable steps."""
+    batch = buffer.all_transitions() if buffer.num_transitions else None
+    if batch is None:
+        return "empty"
+    parts = []
+    floats = {"action": batch["actions"], "reward": batch["raw_rewards"],
+              **{f"obs/{k}": v for k, v in batch["observations"].items() if v.dtype.kind == "f"}}
+    for name, value in floats.items():
+        value = np.asarray(value, np.float64)
+        finite = np.abs(value[np.isfinite(value)])
+        nonfinite = int(np.count_nonzero(~np.isfinite(value)))
+        parts.append(f"|{name}| <= {finite.max() if finite.size else 0:.3g}"
+                     + (f" ({nonfinite} non-finite)" if nonfinite else ""))
+    return ", ".join(parts)
+
+
 __all__ = [
+    "DataStats",
     "Learner",
     "LearnerError",
     "StreamBook",

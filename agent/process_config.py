@@ -102,6 +102,12 @@ class LearnerConfig:
     checkpoint_every_steps: int = 1000
     checkpoint_interval_s: float = 120.0
     keep_checkpoints: int = 2
+    # A checkpoint the disk refused (full, unwritable) is tried again after this many seconds;
+    # training goes on meanwhile and the previous checkpoint stays the latest.
+    checkpoint_retry_s: float = 30.0
+    # A learner step whose losses or new parameters are not finite is skipped (the agent keeps
+    # its previous state); this many in a row stop the learner with a pointer at the data.
+    max_consecutive_nonfinite_updates: int = 10
     log_every_steps: int = 100
     # Stop after this many learner steps (0: run until interrupted).
     max_steps: int = 0
@@ -181,6 +187,9 @@ def validate_process_config(transport: TransportConfig, actor: ActorConfig | Non
             (learner.checkpoint_every_steps >= 1, "learner.checkpoint_every_steps must be >= 1"),
             (learner.checkpoint_interval_s > 0, "learner.checkpoint_interval_s must be > 0"),
             (learner.keep_checkpoints >= 1, "learner.keep_checkpoints must be >= 1"),
+            (learner.checkpoint_retry_s > 0, "learner.checkpoint_retry_s must be > 0"),
+            (learner.max_consecutive_nonfinite_updates >= 1,
+             "learner.max_consecutive_nonfinite_updates must be >= 1"),
             (learner.log_every_steps >= 1, "learner.log_every_steps must be >= 1"),
             (learner.max_steps >= 0, "learner.max_steps must be >= 0"),
             (learner.status_interval_s > 0, "learner.status_interval_s must be > 0"),

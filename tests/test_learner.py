@@ -1,5 +1,6 @@
 """Learner bookkeeping in-process: exactly-once storage, checkpoint + resume, the warm-up gate,
-offline mixing, the NaN guard, and which parameters travel to the actors."""
+offline mixing, the NaN guard (more in tests/test_faults.py), and which parameters travel to the
+actors."""
 
 import jax
 import jax.numpy as jnp
@@ -135,8 +136,8 @@ def test_warmup_gate_then_updates_publish_finite_params(tmp_path):
     learner.agent = learner.agent.replace(actor=learner.agent.actor.replace(params=poisoned))
     with pytest.raises(LearnerError, match="not finite"):
         learner.publish()
-    with pytest.raises(LearnerError, match="non-finite"):
-        learner.update()
+    # A step from a poisoned state is skipped, not kept (tests/test_faults.py covers the rest).
+    assert learner.update() is None and learner.counters.skipped_nonfinite == 1
     learner.server.close()
 
 

@@ -13,6 +13,12 @@ File layout (`episode_000042.npz`, a zip of `.npy` arrays; T = number of steps):
     frame_info/<key>  (T+1, ...)  optional per-observation extras (e.g. reward labels)
     metadata          ()          a unicode string holding a JSON object (see `make_metadata`)
 
+Format version 2 adds `content_sha256` to the metadata: the sha256 of every other array (name,
+dtype, shape and bytes, in name order), checked by `load_episode`, so a damaged file is reported
+by name even where the zip's own CRC would not notice (or `dataset info` would only read
+metadata). Version 1 files (no checksum) are still read; their content is checked by the full
+decode alone.
+
 A file is written to a hidden temporary name in the same directory, flushed to disk, then
 hard-linked to its final name (which fails rather than overwrites if the name is taken) and the
 temporary name removed, so a crash loses at most the episode being written, and a reader never
@@ -21,12 +27,14 @@ sees half a file under a final name. `np.load(..., allow_pickle=False)` reads it
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import sys
 import time
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +44,7 @@ import numpy as np
 
 from robot_env.errors import UserError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: metadata carries content_sha256
 SOURCES = ("teleop", "policy", "warm-up", "eval", "imported")
 EPISODE_GLOB = "episode_*.npz"
 _EPISODE_NAME = re.compile(r"^episode_(\d{6,})\.npz$")
@@ -128,11 +136,23 @@ def make_metadata(
     return metadata
 
 
+def content_sha256(arrays: Mapping[str, np.ndarray]) -> str:
+    """sha256 over every array but `metadata`: name, dtype, shape and C-order bytes, by name."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        if name == "metadata":
+            continue
+        value = np.ascontiguousarray(arrays[name])
+        digest.update(json.dumps([name, value.dtype.str, list(value.shape)]).encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
 def episode_arrays(episode: Episode) -> dict[str, np.ndarray]:
     """The flat name -> array mapping written to disk."""
     episode.validate()
     metadata = dict(episode.metadata)
-    metadata.setdefault("format_version", FORMAT_VERSION)
+    metadata.pop("content_sha256", None)  # an episode loaded from a file gets its own new one
     metadata["length"] = len(episode)
     metadata["success"] = episode.success
     metadata["interventions"] = int(np.count_nonzero(episode.intervened))
@@ -148,10 +168,12 @@ def episode_arrays(episode: Episode) -> dict[str, np.ndarray]:
     arrays["intervened"] = np.asarray(episode.intervened, dtype=bool)
     arrays.update({f"info/{k}": np.asarray(v) for k, v in episode.info.items()})
     arrays.update({f"frame_info/{k}": np.asarray(v) for k, v in episode.frame_info.items()})
-    arrays["metadata"] = np.array(json.dumps(metadata, sort_keys=True))
     for name, value in arrays.items():
         if value.dtype == object:
             raise ValueError(f"{name} has dtype object, which would need pickle; use numeric arrays")
+    metadata["format_version"] = FORMAT_VERSION
+    metadata["content_sha256"] = content_sha256(arrays)
+    arrays["metadata"] = np.array(json.dumps(metadata, sort_keys=True))
     return arrays
 
 
@@ -211,7 +233,7 @@ def load_episode(path: str | os.PathLike) -> Episode:
             arrays = {name: npz[name] for name in npz.files}
     except FileNotFoundError:
         raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, zipfile.LargeZipFile) as exc:
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, zipfile.LargeZipFile, zlib.error) as exc:
         raise CorruptEpisodeError(path, f"{type(exc).__name__}: {exc}") from None
     try:
         return _episode_from_arrays(arrays)
@@ -245,7 +267,10 @@ def _episode_from_arrays(arrays: Mapping[str, np.ndarray]) -> Episode:
         info=section("info/"),
         frame_info=section("frame_info/"),
     )
-    episode.validate()
+    episode.validate()  # shapes first: their message names the array
+    expected = metadata.get("content_sha256")
+    if expected is not None and content_sha256(arrays) != expected:
+        raise ValueError("its arrays do not match the content_sha256 in its metadata (damaged file)")
     return episode
 
 

@@ -24,8 +24,11 @@ for each camera when an episode enters the ring; batches then carry
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +40,28 @@ from agent.data.episodes import Episode, EpisodeStore
 from agent.returns import RewardShaping
 
 FEATURES_SUFFIX = "_features"
+BUFFER_FORMAT = "franka_rl.replay_buffer"
+BUFFER_VERSION = 2
+
+
+class BufferFileError(ValueError):
+    """A saved replay buffer that cannot be used."""
+
+
+class CorruptBufferError(BufferFileError):
+    """A saved replay buffer whose bytes are damaged (checksum mismatch, truncation, bad zip)."""
+
+
+class BufferShapingError(BufferFileError):
+    """A saved replay buffer whose returns were computed under another reward shaping."""
+
+
+def file_sha256(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk_bytes):
+            digest.update(block)
+    return digest.hexdigest()
 FeatureFn = Callable[[np.ndarray], np.ndarray]
 ObservationSpec = dict[str, tuple[tuple[int, ...], np.dtype]]
 
@@ -372,10 +397,42 @@ class ReplayBuffer:
         """Every valid transition in slot order (for offline passes and tests)."""
         return self.batch(self._valid_indices())
 
+    # ------------------------------------------------------------------ integrity
+
+    def nonfinite_episodes(self) -> list[int]:
+        """Ids of episodes with a sampleable step holding a non-finite float (action, reward,
+        return, or a float observation of the step or of its next slot)."""
+        used = self.size
+        if used == 0:
+            return []
+        bad = ~np.isfinite(self._actions[:used]).all(axis=1)
+        bad |= ~np.isfinite(self._raw_rewards[:used]) | ~np.isfinite(self._mc_returns[:used])
+        for array in self._obs.values():
+            if array.dtype.kind == "f":
+                finite = np.isfinite(array[:used].reshape(used, -1)).all(axis=1)
+                bad |= ~finite
+        bad &= self._episode_ids[:used] >= 0
+        return sorted({int(e) for e in np.unique(self._episode_ids[:used][bad])})
+
+    def invalidate_episodes(self, episode_ids: Iterable[int]) -> int:
+        """Make every transition of these episodes unsampleable (they stay in their slots until
+        overwritten); returns how many transitions that removed."""
+        ids = np.asarray(list(episode_ids), np.int64)
+        if ids.size == 0:
+            return 0
+        used = self.size
+        hit = np.isin(self._episode_ids[:used], ids)
+        removed = int(np.count_nonzero(self._valid[:used] & hit))
+        self._valid[:used][hit] = False
+        self._valid_index = None
+        return removed
+
     # ------------------------------------------------------------------ persistence
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the ring (completed episodes; not open ones, nor features) atomically to `path`."""
+        """Write the ring (completed episodes; not open ones, nor features) atomically to `path`.
+
+        A failure (OSError, e.g. a full disk) leaves `path` as it was and no temporary file."""
         path = Path(path)
         used = self.size
         arrays = {f"obs/{k}": v[:used] for k, v in self._obs.items()}
@@ -386,7 +443,7 @@ class ReplayBuffer:
             valid=self._valid[:used], episode_ids=self._episode_ids[:used],
         )
         header = {
-            "format": "franka_rl.replay_buffer", "version": 2,
+            "format": BUFFER_FORMAT, "version": BUFFER_VERSION,
             "capacity": self.capacity, "action_dim": self.action_dim,
             "cursor": self._cursor, "slots_written": self._slots_written,
             "episodes_added": self._episodes_added,
@@ -395,52 +452,82 @@ class ReplayBuffer:
         }
         arrays["header"] = np.array(json.dumps(header))
         temp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-        with open(temp, "wb") as handle:
-            np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
+        try:
+            with open(temp, "wb") as handle:
+                np.savez(handle, **arrays)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, path)
+        except BaseException:  # a full disk: leave no half-written temporary behind
+            temp.unlink(missing_ok=True)
+            raise
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, shaping: RewardShaping, feature_fn: FeatureFn | None = None,
-             feature_keys: Iterable[str] | None = None) -> ReplayBuffer:
+             feature_keys: Iterable[str] | None = None, expected_sha256: str | None = None) -> ReplayBuffer:
         """Load a buffer written by `save` for an agent that shapes rewards with `shaping`.
 
+        With `expected_sha256` (what the learner's checkpoint recorded) the file's bytes are
+        checked first: a mismatch, a truncated file or a damaged zip raises CorruptBufferError.
         MC returns are stored, so a buffer saved under another shaping would hand the critic
-        returns on the wrong reward: that is refused (rebuild it from the episode store)."""
+        returns on the wrong reward: that is refused (BufferShapingError; rebuild it from the
+        episode store)."""
         path = Path(path)
+        if expected_sha256 is not None:
+            try:
+                found = file_sha256(path)
+            except FileNotFoundError:
+                raise
+            except OSError as exc:
+                raise CorruptBufferError(f"replay buffer file {path} cannot be read ({exc})") from None
+            if found != expected_sha256:
+                raise CorruptBufferError(f"replay buffer file {path} does not match the sha256 its checkpoint "
+                                         "recorded (corrupt or truncated)")
         try:
             with np.load(path, allow_pickle=False) as npz:
                 header = json.loads(str(npz["header"][()]))
                 data = {name: npz[name] for name in npz.files if name != "header"}
-        except (OSError, ValueError, KeyError, EOFError) as exc:
-            raise ValueError(f"replay buffer file {path} cannot be read ({exc}); it may be truncated") from None
-        if header.get("format") != "franka_rl.replay_buffer":
-            raise ValueError(f"{path} is not a saved replay buffer")
-        spec = {k: (tuple(s), np.dtype(d)) for k, (s, d) in header["observation_spec"].items()}
-        saved = header.get("shaping") or {  # version 1 kept the four settings at the top level
-            "scale": header["reward_scale"], "bias": header["reward_bias"],
-            "discount": header["discount"], "sparse": header["sparse_reward"]}
-        if RewardShaping(**saved) != shaping:
-            raise ValueError(f"replay buffer file {path} holds returns computed with reward shaping {saved}, but "
-                             f"the agent now uses {shaping.as_dict()}; restore the old agent.reward/agent.sac."
-                             "discount settings or rebuild the buffer from the episode store")
-        buffer = cls(spec, header["action_dim"], header["capacity"], shaping=shaping, feature_keys=feature_keys)
-        used = data["actions"].shape[0]
-        for key in buffer._obs:
-            buffer._obs[key][:used] = data[f"obs/{key}"]
-        buffer._actions[:used] = data["actions"]
-        buffer._raw_rewards[:used] = data["raw_rewards"]
-        buffer._terminated[:used] = data["terminated"]
-        buffer._truncated[:used] = data["truncated"]
-        buffer._intervened[:used] = data["intervened"]
-        buffer._mc_returns[:used] = data["mc_returns"]
-        buffer._valid[:used] = data["valid"]
-        buffer._episode_ids[:used] = data["episode_ids"]
-        buffer._cursor = int(header["cursor"])
-        buffer._slots_written = int(header["slots_written"])
-        buffer._episodes_added = int(header["episodes_added"])
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            raise CorruptBufferError(f"replay buffer file {path} cannot be read ({type(exc).__name__}: {exc}); "
+                                     "it may be truncated or corrupt") from None
+        if not isinstance(header, dict) or header.get("format") != BUFFER_FORMAT:
+            raise BufferFileError(f"{path} is not a saved replay buffer")
+        if int(header.get("version", 1)) > BUFFER_VERSION:
+            raise BufferFileError(f"replay buffer file {path} has format version {header['version']}, newer than "
+                                  f"this code reads ({BUFFER_VERSION}); run the franka-rl version that wrote it")
+        try:
+            spec = {k: (tuple(s), np.dtype(d)) for k, (s, d) in header["observation_spec"].items()}
+            saved = header.get("shaping") or {  # version 1 kept the four settings at the top level
+                "scale": header["reward_scale"], "bias": header["reward_bias"],
+                "discount": header["discount"], "sparse": header["sparse_reward"]}
+            if RewardShaping(**saved) != shaping:
+                raise BufferShapingError(
+                    f"replay buffer file {path} holds returns computed with reward shaping {saved}, but the agent now "
+                    f"uses {shaping.as_dict()}; restore the old agent.reward/agent.sac.discount settings or rebuild the "
+                    "buffer from the episode store")
+            buffer = cls(spec, header["action_dim"], header["capacity"], shaping=shaping, feature_keys=feature_keys)
+            used = data["actions"].shape[0]
+            for key in buffer._obs:
+                buffer._obs[key][:used] = data[f"obs/{key}"]
+            buffer._actions[:used] = data["actions"]
+            buffer._raw_rewards[:used] = data["raw_rewards"]
+            buffer._terminated[:used] = data["terminated"]
+            buffer._truncated[:used] = data["truncated"]
+            buffer._intervened[:used] = data["intervened"]
+            buffer._mc_returns[:used] = data["mc_returns"]
+            buffer._valid[:used] = data["valid"]
+            buffer._episode_ids[:used] = data["episode_ids"]
+            buffer._cursor = int(header["cursor"])
+            buffer._slots_written = int(header["slots_written"])
+            buffer._episodes_added = int(header["episodes_added"])
+        except BufferFileError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise CorruptBufferError(f"replay buffer file {path} does not hold a consistent buffer "
+                                     f"({type(exc).__name__}: {exc})") from None
         if feature_fn is not None:
             buffer.set_feature_fn(feature_fn)
         return buffer

@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         template = build_agent(cfg, env)  # shapes from the spaces: no reset move just for a template
         checkpointer = AgentCheckpointer(checkpoints, max_to_keep=None)
         agent, _ = checkpointer.restore(template, args.step, cfg.agent)
-        step = args.step if args.step is not None else checkpointer.latest_step()
+        step = checkpointer.restored_step  # the newest usable one when the latest was damaged
         store = EpisodeStore(out / "episodes", create=True)
         base = {"task": cfg.task.name, "source": "eval", "config_hash": config_hash(cfg), "mode": cfg.mode,
                 "checkpoint": str(checkpoints), "checkpoint_step": step, "cameras": cameras}
