@@ -105,6 +105,33 @@ def test_offline_mode_writes_wandbs_files_with_the_logged_keys(tmp_path):
     assert all("pretrain/diverged" not in h for h in history)  # non-finite: left out, as in TensorBoard
 
 
+def test_the_adapter_logs_rows_and_waits_for_wandb_on_close(tmp_path, monkeypatch):
+    """Against a stand-in module: what is sent, and that close() finishes the run and then tears
+    wandb's service down (finish() alone returns before the offline files are written)."""
+    events: list = []
+
+    class Run:
+        def log(self, values, step):
+            events.append(("log", step, values))
+
+        def finish(self):
+            events.append(("finish",))
+
+    module = types.ModuleType("wandb")
+    module.init = lambda **kwargs: events.append(("init", kwargs)) or Run()
+    module.teardown = lambda: events.append(("teardown",))
+    monkeypatch.setitem(sys.modules, "wandb", module)
+    writer = MetricsWriter(tmp_path, tensorboard=False, wandb=WandbConfig(mode="online", project="p", entity="e"),
+                           config={"seed": 1}, job_type="learner")
+    writer.log(7, {"loss": 0.5, "bad": float("inf")}, prefix="train")
+    writer.close()
+    writer.close()  # a second close does nothing
+    init = events[0][1]
+    assert (init["mode"], init["project"], init["entity"], init["job_type"], init["config"]) == \
+        ("online", "p", "e", "learner", {"seed": 1})
+    assert events[1:] == [("log", 7, {"train/loss": 0.5}), ("finish",), ("teardown",)]
+
+
 # -------------------------------------------------------- the section reaches every command
 
 
