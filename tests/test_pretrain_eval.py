@@ -115,6 +115,20 @@ def test_pretrain_resumes_from_its_latest_checkpoint(pretrained, demos, tmp_path
     assert "(0 steps/s)" not in final
 
 
+def test_a_slow_pretrain_reports_its_rate_not_zero(demos, tmp_path, monkeypatch, capsys):
+    """The issue's "50 steps in 503 s (0 steps/s)": the final line keeps a readable precision."""
+    import agent.pretrain
+
+    def slow(*args, **kwargs):
+        return {"algorithm": "Cal-QL", "steps": 50, "steps_this_run": 50, "elapsed_s": 503.0, "interrupted": False,
+                "calibration": {"points": 0}, "calibration_on": "held-out", "checkpoint": "c",
+                "calibration_plot": "p"}
+
+    monkeypatch.setattr(agent.pretrain, "pretrain", slow)
+    assert main(["pretrain", "--data", str(demos), "--out", str(tmp_path), "--no-progress", *TINY]) == 0
+    assert "Cal-QL (wsrl): 50 steps in 8 min 23 s (10.1 s/step)" in capsys.readouterr().out
+
+
 def test_eval_on_the_state_twin_writes_results_episodes_and_video(pretrained, tmp_path, capsys):
     out = tmp_path / "eval"
     code = main(["eval", "--checkpoint", str(pretrained), "--episodes", "2", "--out", str(out), "--no-progress",
