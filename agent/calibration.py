@@ -114,10 +114,23 @@ def calibration_summary(q: Curves, g: Curves) -> dict[str, float]:
     }
 
 
+def episodes_title(runs: Mapping[str, tuple[Curves, Curves]], episodes_to_show: int,
+                   episode_set: str = "held-out") -> str:
+    """The curve panel's title, counting the episodes actually drawn: "Q and G along 2 of 5
+    held-out episodes" (every run draws its first `episodes_to_show`, or all it has)."""
+    available = max((len(q) for q, _ in runs.values()), default=0)
+    shown = min(max(episodes_to_show, 0), available)
+    plural = "episode" if available == 1 else "episodes"
+    if shown == available:
+        return f"Q and G along {'the' if available == 1 else 'all'} {available} {episode_set} {plural}"
+    return f"Q and G along {shown} of {available} {episode_set} {plural}"
+
+
 def plot_calibration(runs: Mapping[str, tuple[Curves, Curves]], path: str | Path, *,
-                     episodes_to_show: int = 3, title: str = "") -> Path:
+                     episodes_to_show: int = 3, title: str = "", episode_set: str = "held-out") -> Path:
     """Left: Q against G for every step (one colour per run) with the line Q = G. Right: Q (solid)
-    and G (dashed) along the first `episodes_to_show` episodes of each run."""
+    and G (dashed) along the first `episodes_to_show` episodes of each run. `episode_set` names
+    what the episodes are ("held-out", "training") in the panel titles."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -144,11 +157,11 @@ def plot_calibration(runs: Mapping[str, tuple[Curves, Curves]], path: str | Path
     scatter.plot([low, high], [low, high], color="black", lw=1, label="Q = G")
     scatter.set_xlabel("Monte-Carlo return G")
     scatter.set_ylabel("Q(s, π(s))")
-    scatter.set_title("held-out steps")
+    scatter.set_title(f"{episode_set} steps")
     scatter.legend(fontsize=8)
     curves.set_xlabel("step (episodes side by side)")
     curves.set_ylabel("value")
-    curves.set_title(f"Q and G along {episodes_to_show} held-out episodes")
+    curves.set_title(episodes_title(runs, episodes_to_show, episode_set))
     curves.legend(fontsize=8)
     if title:
         fig.suptitle(title)

@@ -12,6 +12,7 @@ used exactly once (a random point inside it), so 20 trials cover the whole range
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -127,17 +128,23 @@ def evaluate(
 
     Each episode is recorded (source "eval", via `metadata(index, offset)`) into `store` if given;
     reset seeds are `seed + index`, so the same call replays the same starts."""
-    from tqdm import tqdm
+    from robot_env.progress import format_duration, say
+    from robot_env.progress import progress as progress_bar
 
     count = len(offsets) if offsets is not None else int(episodes or 0)
     recorder = EpisodeRecorder(store)
     result = EvaluationResult([])
-    bar = tqdm(range(count), desc="eval", unit="ep", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=count, desc="eval", unit="ep", disable=not progress)
+    started = time.monotonic()
     try:
-        for index in bar:
+        for index in range(count):
             _run_episode(env, choose_action, recorder, result, index, offsets, seed, metadata,
                          index < video_episodes, cameras)
+            if index == 0 and progress:
+                say(f"eval: first episode in {format_duration(time.monotonic() - started)} "
+                    "(with compiling the policy)")
             bar.set_postfix(success=f"{result.successes}/{len(result.outcomes)}")
+            bar.update(1)
     except KeyboardInterrupt:
         recorder.discard()
         result.interrupted = True

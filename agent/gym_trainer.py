@@ -24,9 +24,10 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import jax
@@ -38,7 +39,7 @@ from agent.core import Agent, create_agent, eval_actions, sample_actions
 from agent.data.episodes import Episode
 from agent.data.replay_buffer import BufferFactory, ReplayBuffer
 from agent.gym_env import agent_observations, make_gym_env, normalize_actions, source_spaces
-from agent.metrics import MetricsWriter, read_metrics
+from agent.metrics import MetricsConfig, MetricsWriter, read_metrics
 from agent.sac import learner_step, update
 from agent.sampling import sample_batches
 from agent.wsrl import policy_drift, updates_allowed, wsrl_switch
@@ -200,14 +201,15 @@ def _scalars(metrics: dict) -> dict[str, float]:
 
 
 class _Progress:
-    """tqdm bar (rate and ETA) with the latest evaluation in its postfix; silent when disabled."""
+    """A progress bar (rate and ETA; plain lines off a terminal) with the latest evaluation in its
+    postfix; silent when disabled."""
 
     def __init__(self, enabled: bool, total: int, desc: str, unit: str):
         self._bar = None
         if enabled and total > 0:
-            from tqdm import tqdm
+            from robot_env.progress import progress
 
-            self._bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, smoothing=0.05)
+            self._bar = progress(total=total, desc=desc, unit=unit, smoothing=0.05)
 
     def update(self, n: int = 1, **postfix) -> None:
         if self._bar is not None:
@@ -227,8 +229,10 @@ class _Progress:
 
 
 def train_gym(run: GymRun, cfg: AgentConfig, new_buffer: BufferFactory, seed: int = 0,
-              log: Callable[[str], None] = print) -> dict:
-    """Run the phases of the module docstring; returns the summary also written to summary.json."""
+              log: Callable[[str], None] = print, *, metrics: MetricsConfig | None = None,
+              run_config: Mapping[str, Any] | None = None) -> dict:
+    """Run the phases of the module docstring; returns the summary also written to summary.json.
+    `metrics` (the config's `metrics:`) adds Weights & Biases, with `run_config` as its run config."""
     if run.algo not in ALGOS:
         raise TrainGymError(f"--algo must be one of {ALGOS}, got '{run.algo}'")
     if run.offline_steps and not run.offline_data:
@@ -280,7 +284,8 @@ def train_gym(run: GymRun, cfg: AgentConfig, new_buffer: BufferFactory, seed: in
                                                    "env_steps": env_steps_done, "offline_steps": offline_done})
 
     env_steps_done = offline_done = 0
-    with MetricsWriter(run_dir) as writer:
+    with MetricsWriter(run_dir, wandb=metrics.wandb if metrics else None, config=run_config,
+                       job_type="train-gym") as writer:
         # -------------------------------------------------------------- offline pre-training
         if offline_buffer is not None and run.offline_steps > 0:
             progress = _Progress(run.progress, run.offline_steps, f"offline {run.algo}", "update")

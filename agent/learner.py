@@ -53,7 +53,7 @@ from agent.data.replay_buffer import (
     ReplayBuffer,
     file_sha256,
 )
-from agent.metrics import MetricsWriter
+from agent.metrics import MetricsConfig, MetricsWriter
 from agent.param_sync import all_finite, backbone_digest, export_acting_params, export_backbone
 from agent.process_config import LearnerConfig, TransportConfig, validate_process_config
 from agent.sac import learner_step
@@ -61,6 +61,8 @@ from agent.sampling import sample_batches
 from agent.transport.server import Delivery, LearnerServer, Watermarks
 from agent.wsrl import policy_drift, updates_allowed
 from robot_env.errors import UserError
+from robot_env.progress import format_duration
+from robot_env.progress import progress as progress_bar
 
 log = logging.getLogger("agent.learner")
 
@@ -183,10 +185,12 @@ class Learner:
                  transport_cfg: TransportConfig, *, observation_spec: Mapping[str, tuple[Sequence[int], Any]],
                  action_dim: int, new_buffer: BufferFactory, config_hash: str, run_dir: str | Path, seed: int = 0,
                  pretrained: Agent | None = None, offline_dirs: Sequence[str] = (), endpoint: str | None = None,
-                 report: Callable[[str], None] = print):
+                 report: Callable[[str], None] = print, metrics: MetricsConfig | None = None,
+                 run_config: Mapping[str, Any] | None = None):
         """`agent`: the online agent to train (a checkpoint in `run_dir` replaces it on resume);
         `pretrained`: the frozen pre-trained agent behind the drift metrics; `new_buffer` makes
-        every buffer (online and offline) with the agent's reward shaping."""
+        every buffer (online and offline) with the agent's reward shaping; `metrics` (the config's
+        `metrics:`) adds Weights & Biases, with `run_config` as its run config."""
         validate_process_config(transport_cfg, learner=learner_cfg)
         self.link_security = ("CURVE: encrypted, admits the actors in "
                               f"{transport_cfg.curve_authorized_clients_dir}" if transport_cfg.curve
@@ -231,15 +235,23 @@ class Learner:
             raise LearnerError(f"agent.online.offline_ratio={agent_cfg.online.offline_ratio} mixes offline data "
                                "into every batch: pass the episode directories with --offline-data DIR ...")
 
-        self.server = LearnerServer(
-            transport_cfg, config_hash=config_hash, observation_spec=self.spec, action_dim=self.action_dim,
-            backbone_digest=backbone_digest(self.agent),
-            watermarks={s: Watermarks(b.committed_through, b.committed_through) for s, b in self.books.items()},
-            endpoint=endpoint,
-        )
+        # Before the server binds its port: a metrics backend that cannot start (metrics.wandb without
+        # wandb installed) stops the learner with nothing left open.
+        self.metrics = MetricsWriter(self.run_dir, tensorboard=lcfg.tensorboard,
+                                     wandb=metrics.wandb if metrics else None, config=run_config,
+                                     job_type="learner")
+        try:
+            self.server = LearnerServer(
+                transport_cfg, config_hash=config_hash, observation_spec=self.spec, action_dim=self.action_dim,
+                backbone_digest=backbone_digest(self.agent),
+                watermarks={s: Watermarks(b.committed_through, b.committed_through) for s, b in self.books.items()},
+                endpoint=endpoint,
+            )
+        except BaseException:
+            self.metrics.close()
+            raise
         if self.agent.frozen_backbone:
             self.server.set_backbone(export_backbone(self.agent))
-        self.metrics = MetricsWriter(self.run_dir, tensorboard=lcfg.tensorboard)
         self._stop = threading.Event()
         self._last_checkpoint_time = time.monotonic()
         self._last_checkpoint_step = self.counters.steps
@@ -280,9 +292,18 @@ class Learner:
                                    f"{episode.actions.shape[1]} do not fit this run's {self.spec} / {self.action_dim}")
         capacity = sum(len(e) + 1 for e in episodes) + 1
         buffer = self.new_buffer(self.spec, self.action_dim, capacity, feature_fn=feature_fn)
-        for episode in episodes:
-            buffer.add_episode_record(episode)
-            self.offline_data.add(episode.actions, episode.rewards, episode.observations)
+        if feature_fn is not None:
+            frames = sum(len(e) + 1 for e in episodes) * len(buffer.feature_keys)
+            self.report(f"offline data: encoding {frames} frames once with the frozen backbone into the feature "
+                        "cache (the first batch also compiles the encoder)")
+        started = time.monotonic()
+        with progress_bar(total=len(episodes), desc="offline data", unit="episode") as bar:
+            for episode in episodes:
+                buffer.add_episode_record(episode)
+                self.offline_data.add(episode.actions, episode.rewards, episode.observations)
+                bar.update(1)
+        if feature_fn is not None:
+            self.report(f"offline data: encoded in {format_duration(time.monotonic() - started)}")
         self.report(f"offline data: {buffer.num_transitions} transitions from {len(episodes)} episodes "
                     f"(offline_ratio {self.agent_cfg.online.offline_ratio})")
         return buffer
@@ -334,7 +355,10 @@ class Learner:
             raise CorruptBufferError(str(exc)) from None
         self.agent = restored
         if feature_fn is not None:  # encoded with the restored agent's backbone (feature_fn reads self.agent)
-            buffer.set_feature_fn(feature_fn)
+            self.report(f"resuming: encoding the frames of checkpoint {step}'s replay buffer with the frozen "
+                        "backbone (the first batch also compiles the encoder)")
+            with progress_bar(desc="encoding saved frames", unit="frame") as bar:
+                buffer.set_feature_fn(feature_fn, on_progress=bar.update)
         self.buffer = buffer
         self.books = {stream: StreamBook.from_durable(state) for stream, state in extra["streams"].items()}
         self.counters.steps = int(extra["learner_steps"])
@@ -585,6 +609,9 @@ class Learner:
         The first call of a jitted step compiles it (tens of seconds with image heads on a CPU);
         doing that during the warm-up, while the server already answers actors, keeps it from
         stalling the storing of transitions when the gate opens."""
+        started = time.monotonic()
+        self.report(f"learner: compiling the learner step ({self.agent_cfg.sac.utd} critic update(s) + actor "
+                    f"update, batch {self.agent_cfg.sac.batch_size}; up to a few minutes on a CPU with images)")
         sac = self.agent_cfg.sac
         lead = (sac.utd, sac.batch_size)
         observations = {}
@@ -601,6 +628,7 @@ class Learner:
             "mc_returns": np.zeros(lead, np.float32),
         }
         jax.block_until_ready(learner_step(self.agent, batches))
+        self.report(f"learner: compiled in {format_duration(time.monotonic() - started)}")
 
     def publish(self) -> None:
         arrays = export_acting_params(self.agent)
@@ -745,6 +773,9 @@ class Learner:
         self.publish()
         if not self.warmup_done:
             self.compile_update()
+        else:
+            self.report("learner: warm-up already done; the first update compiles the learner step "
+                        "(up to a few minutes on a CPU with images)")
         last_metrics: dict[str, float] = {}
         last_log_step = self.counters.steps
         last_status = 0.0

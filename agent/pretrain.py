@@ -31,10 +31,12 @@ from agent.data.episodes import Episode
 from agent.data.lerobot_io import ANY_LAYOUT, ExpectedLayout
 from agent.data.replay_buffer import BufferFactory, ReplayBuffer
 from agent.data.sources import MINARI_PREFIX, PICKLE_SUFFIXES, DataSourceError, read_source  # noqa: F401  (MINARI_PREFIX, PICKLE_SUFFIXES: kept importable from here)
-from agent.metrics import MetricsWriter
+from agent.metrics import MetricsConfig, MetricsWriter
 from agent.offline_config import PretrainConfig
 from agent.sac import learner_step, stack_batches
 from robot_env.errors import UserError
+from robot_env.progress import format_duration, format_rate, say
+from robot_env.progress import progress as progress_bar
 
 
 class DatasetError(UserError, ValueError):
@@ -130,14 +132,23 @@ def split_holdout(episodes: Sequence[Episode], count: int) -> tuple[list[Episode
 
 
 def fill_buffer(episodes: Sequence[Episode], new_buffer: BufferFactory, capacity: int = 0,
-                agent: Agent | None = None) -> ReplayBuffer:
+                agent: Agent | None = None, *, show_progress: bool = False) -> ReplayBuffer:
     """A replay buffer of `episodes` (MC returns with the factory's shaping, the agent's own); with
-    a frozen, un-augmented image backbone every frame is encoded once into the feature cache."""
+    a frozen, un-augmented image backbone every frame is encoded once into the feature cache (said
+    on stderr, with a progress bar if `show_progress`: minutes on a CPU for a large dataset)."""
     capacity = capacity or sum(len(e) + 1 for e in episodes)
     buffer = new_buffer.from_episodes(
         episodes, capacity, feature_keys=agent.spec.image_keys if agent is not None else None)
     if agent is not None and uses_feature_cache(agent):
-        buffer.set_feature_fn(lambda frames: np.asarray(agent_encode_frames(agent, frames)))
+        total = buffer.frames_to_encode
+        say(f"pretrain: encoding {total} frames ({', '.join(agent.spec.image_keys)}) once with the frozen "
+            "backbone into the feature cache (the first batch also compiles the encoder)")
+        started = time.monotonic()
+        with progress_bar(total=total, desc="encoding frames", unit="frame", disable=not show_progress) as bar:
+            buffer.set_feature_fn(lambda frames: np.asarray(agent_encode_frames(agent, frames)),
+                                  on_progress=bar.update)
+        elapsed = time.monotonic() - started
+        say(f"pretrain: encoded {total} frames in {format_duration(elapsed)} ({format_rate(total, elapsed, 'frame')})")
     return buffer
 
 
@@ -176,10 +187,12 @@ def pretrain(
     seed: int = 0,
     progress: bool = True,
     run_info: dict[str, Any] | None = None,
+    metrics: MetricsConfig | None = None,
+    run_config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) pre-training into `run_dir`; returns the summary also written to summary.json."""
-    from tqdm import tqdm
-
+    """Run (or resume) pre-training into `run_dir`; returns the summary also written to summary.json.
+    `metrics` (the config's `metrics:`) adds Weights & Biases, with `run_config` and `run_info` as
+    its run config. What it does before the first step (encoding, compiling) is said on stderr."""
     validate_pretrain_config(cfg, pcfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -193,7 +206,7 @@ def pretrain(
     if start:
         agent, _ = checkpointer.restore(agent, start, cfg)
         print(f"resuming from {checkpointer.directory}/{start}", file=sys.stderr)
-    buffer = fill_buffer(train, new_buffer, pcfg.buffer_capacity, agent)
+    buffer = fill_buffer(train, new_buffer, pcfg.buffer_capacity, agent, show_progress=progress)
     rng = np.random.default_rng(seed + start)
     batch_size = int(cfg.sac.batch_size)
     bootstrap = bool(cfg.reward.bootstrap_on_truncation)
@@ -210,18 +223,28 @@ def pretrain(
     interrupted = False
     started = time.monotonic()
     step = start
-    with MetricsWriter(run_dir) as writer:
-        bar = tqdm(total=pcfg.steps, initial=start, desc="pretrain", unit="step", disable=not progress,
-                   dynamic_ncols=True)
+    with MetricsWriter(run_dir, wandb=metrics.wandb if metrics else None,
+                       config={**(run_config or {}), **(run_info or {})}, job_type="pretrain") as writer:
+        bar = None
         window_start, window_steps = time.monotonic(), 0
         try:
+            if step < pcfg.steps:
+                say(f"pretrain: compiling the learner step ({pcfg.utd} critic update(s) + actor update, batch "
+                    f"{batch_size}; the first step, up to a few minutes on a CPU with image encoders)")
+            compile_started = time.monotonic()
             while step < pcfg.steps:
-                agent, metrics = learner_step(agent, next_batches())
+                agent, step_metrics = learner_step(agent, next_batches())
                 step += 1
                 window_steps += 1
+                if bar is None:  # the first step compiled: from here the bar's rate and ETA are honest
+                    jax.block_until_ready(step_metrics)
+                    say(f"pretrain: compiled and ran the first step in "
+                        f"{format_duration(time.monotonic() - compile_started)}")
+                    bar = progress_bar(total=pcfg.steps, initial=step - 1, desc="pretrain", unit="step",
+                                       disable=not progress)
                 bar.update(1)
                 if step % pcfg.log_every == 0 or step == pcfg.steps:
-                    last_metrics = _host_metrics(metrics)
+                    last_metrics = _host_metrics(step_metrics)
                     now = time.monotonic()
                     last_metrics["steps_per_s"] = window_steps / max(now - window_start, 1e-9)
                     window_start, window_steps = now, 0
@@ -236,20 +259,28 @@ def pretrain(
         except KeyboardInterrupt:
             interrupted = True
         finally:
-            bar.close()
+            if bar is not None:
+                bar.close()
+        say(f"pretrain: final checkpoint, then calibration on {len(calibration_set)} "
+            f"{'held-out' if held_out else 'training'} episode(s)")
         checkpoint_path = checkpointer.save(step, agent, cfg, {**extra, "pretrain_step": step})
         q, g = calibration_points(agent, calibration_set, cfg.reward.sparse)
         calibration = calibration_summary(q, g)
         writer.log(step, calibration, prefix="calibration")
     label = "Cal-QL" if cfg.cql.calql_bound else "CQL"
+    episode_set = "held-out" if held_out else "training"
+    count = len(calibration_set)
     plot = plot_calibration({label: (q, g)}, run_dir / "calibration.png", episodes_to_show=pcfg.plot_episodes,
-                            title=f"{label} after {step} steps ({'held-out' if held_out else 'training'} episodes)")
+                            episode_set=episode_set,
+                            title=f"{label} after {step} steps, calibration on {count} {episode_set} "
+                                  f"episode{'s' if count != 1 else ''}")
     elapsed = time.monotonic() - started
     summary = {
         "steps": step,
         "target_steps": pcfg.steps,
         "interrupted": interrupted,
         "elapsed_s": elapsed,
+        "steps_this_run": step - start,
         "steps_per_s": (step - start) / max(elapsed, 1e-9),
         "algorithm": label,
         **(run_info or {}),

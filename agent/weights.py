@@ -158,7 +158,7 @@ def download(url: str, target: Path, pin: Pin, *, timeout: float = 30.0, progres
     """Download `url` to `target` through a temporary `.part` file, verify it against `pin`, and
     return its sha256. On any failure the partial file is deleted and WeightsDownloadError says why
     in one line."""
-    from tqdm import tqdm
+    from robot_env.progress import progress as progress_bar
 
     part = target.with_name(target.name + ".part")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -169,9 +169,9 @@ def download(url: str, target: Path, pin: Pin, *, timeout: float = 30.0, progres
             with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - http(s)/file URLs the user names
                 length = response.headers.get("Content-Length")
                 total = int(length) if length and length.isdigit() else None
-                with open(part, "wb") as f, tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                                                 desc=target.name, file=sys.stderr, leave=False,
-                                                 disable=not progress) as bar:
+                with open(part, "wb") as f, progress_bar(total=total, unit="B", unit_scale=True,
+                                                         unit_divisor=1024, desc=target.name, leave=False,
+                                                         disable=not progress) as bar:
                     while chunk := response.read(1 << 20):
                         f.write(chunk)
                         digest.update(chunk)

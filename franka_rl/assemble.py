@@ -47,19 +47,24 @@ ObservationSpec = dict[str, tuple[tuple[int, ...], np.dtype]]
 # ------------------------------------------------------------------------------------ identity
 
 
+def run_config(cfg: Config) -> dict[str, Any]:
+    """The whole config as plain data, for a metrics backend's run config (metrics.wandb)."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg))
+
+
 def config_hash(cfg: Config) -> str:
     """Short stable hash of everything that defines the task and the data it produces.
 
     Output locations, the seed, and how a run is carried out are left out: the teleop device and
     recording targets, the processes' transport/actor/learner settings, the pre-training and
-    evaluation schedules, where the reward comes from (the classifier on the actor only), and the
-    preset's name (its effect is in `agent`). Two runs of the same setup share a hash, so an actor
+    evaluation schedules, where the reward comes from (the classifier on the actor only), where
+    metrics go, and the preset's name (its effect is in `agent`). Two runs of the same setup share a hash, so an actor
     with the classifier switched on passes the learner's handshake, and demos recorded with a
     SpaceMouse and with the keyboard carry the same hash.
     """
     tree = OmegaConf.to_container(OmegaConf.structured(cfg))
     for volatile in ("output_dir", "seed", "teleop", "record", "transport", "actor", "learner",
-                     "pretrain", "eval", "classifier", "agent_preset"):
+                     "pretrain", "eval", "classifier", "agent_preset", "metrics"):
         tree.pop(volatile, None)
     text = OmegaConf.to_yaml(OmegaConf.create(tree))
     return hashlib.sha256(text.encode()).hexdigest()[:12]
@@ -228,6 +233,7 @@ def build_learner(cfg: Config, *, pretrained_dir: str | None = None, offline_dir
         observation_spec=spec, action_dim=action_dim, new_buffer=buffer_factory(cfg.agent),
         config_hash=config_hash(cfg), run_dir=Path(cfg.learner.run_dir or Path(cfg.output_dir) / "learner"),
         seed=cfg.seed, pretrained=pretrained, offline_dirs=offline_dirs, endpoint=endpoint, report=report,
+        metrics=cfg.metrics, run_config=run_config(cfg),
     )
 
 

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from agent.config import AgentConfig, validate_agent_config
+from agent.metrics import MetricsConfig, validate_metrics_config
 from agent.offline_config import EvalConfig, PretrainConfig, validate_offline_config
 from agent.process_config import (
     ActorConfig,
@@ -66,6 +67,8 @@ class Config:
     actor: ActorConfig = field(default_factory=ActorConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    # Where metrics go besides metrics.jsonl and tensorboard/: metrics.wandb (agent/metrics.py).
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 _VALID_MODES = ("sim", "real")
@@ -222,6 +225,7 @@ def validate_config(cfg: Config) -> None:
     validate_teleop_config(cfg.teleop, cfg.record)
     validate_process_config(cfg.transport, cfg.actor, cfg.learner, max_episode_steps=cfg.task.max_episode_steps)
     validate_classifier_config(cfg.classifier)
+    validate_metrics_config(cfg.metrics)
 
 
 def _apply_overrides(merged, overrides: list[str] | None):

@@ -36,6 +36,9 @@ DONE_FILE = "DONE.json"
 COMPARE_METHODS = ("wsrl", "rlpd", "calql_finetune", "wsrl_nowarmup")
 #: Presets whose learner starts from the Cal-QL checkpoint (rlpd starts from scratch).
 PRETRAINED_PRESETS = ("wsrl", "calql_finetune", "wsrl_nowarmup", "cql")
+#: Every stage, in order. A compared run's online stages are `online.<method>.s<seed>` and
+#: `eval_online.<method>.s<seed>`; `--stages online` selects all of them.
+STAGE_NAMES = ("demos", "offline", "rewards", "classifier", "pretrain", "eval_pretrain", "online", "eval_online")
 #: Seconds a child gets to stop after SIGINT before it is killed.
 STOP_GRACE_S = 60.0
 
@@ -106,6 +109,16 @@ def load_profile(name_or_path: str, overrides: Sequence[str] = ()) -> PipelinePr
 
 
 # ----------------------------------------------------------------------------- stages
+
+
+def check_stage_selectors(selectors: Sequence[str], option: str) -> None:
+    """Refuse a name in --stages/--force that selects no stage (a typo would otherwise run nothing,
+    or everything, and exit 0)."""
+    for selector in selectors:
+        if not any(selector == name or selector.startswith(name + ".") for name in STAGE_NAMES):
+            raise PipelineError(f"{option}: unknown stage '{selector}'; the stages are {', '.join(STAGE_NAMES)} "
+                                "(a compared run's own: online.<method>.s<seed>, eval_online.<method>.s<seed>)")
+
 
 
 @dataclass

@@ -60,7 +60,7 @@ def read_metadata(directory: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise ClassifierLoadError(
             f"no classifier in {directory} (missing {META_FILE}): train one with "
-            "`franka-rl train-classifier --data DIR --out {directory}`"
+            f"`franka-rl train-classifier --data DIR --out {directory}`"
         )
     try:
         meta = json.loads(path.read_text())

@@ -94,7 +94,7 @@ def shifted_copies(images: np.ndarray, copies: int, pad: int, key: jax.Array) ->
 def train_classifier(frames: LabelledFrames, cfg: ClassifierConfig, *, log: Callable[[int, dict], None] | None = None,
                      progress: bool = True) -> TrainedClassifier:
     """Train on `frames` per `cfg`; `log(step, values)` receives training and validation scalars."""
-    from tqdm import tqdm
+    from robot_env.progress import progress as progress_bar
 
     if cfg.batch_size < 2 or cfg.steps < 1:
         raise ValueError("classifier.batch_size must be >= 2 and classifier.steps >= 1")
@@ -116,7 +116,7 @@ def train_classifier(frames: LabelledFrames, cfg: ClassifierConfig, *, log: Call
     augmented: dict[str, np.ndarray] = {}
     train_count = int(train_mask.sum())
     total = (len(frames) + cfg.augment_copies * train_count) * len(cfg.image_keys)
-    with tqdm(total=total, desc="backbone features", unit="frame", disable=not progress) as bar:
+    with progress_bar(total=total, desc="backbone features", unit="frame", disable=not progress) as bar:
         for camera in cfg.image_keys:
             features[camera] = compute_features(feature_fn, backbone_params, frames.images[camera],
                                                 cfg.feature_batch_size, bar.update)
@@ -142,7 +142,7 @@ def train_classifier(frames: LabelledFrames, cfg: ClassifierConfig, *, log: Call
     rng = np.random.default_rng(cfg.seed)
 
     started = time.time()
-    with tqdm(range(1, cfg.steps + 1), desc="training head", unit="step", disable=not progress) as bar:
+    with progress_bar(range(1, cfg.steps + 1), desc="training head", unit="step", disable=not progress) as bar:
         for step in bar:
             key, step_key = jax.random.split(key)
             indices = jnp.asarray(balanced_indices(rng, positives, negatives, cfg.batch_size))

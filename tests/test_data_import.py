@@ -122,11 +122,18 @@ def test_serl_pickle_needs_trust(tmp_path, capsys):
     with pytest.raises(PermissionError, match="runs any code"):
         load_serl_pickle(path, trusted=False)
     assert main(["dataset", "import-serl", str(path), "--out", str(tmp_path / "eps")]) == 2
-    assert "--trusted" in capsys.readouterr().err and not (tmp_path / "eps").exists()
-    assert main(["dataset", "import-serl", str(path), "--out", str(tmp_path / "eps"), "--trusted",
+    assert "--trust-pickle" in capsys.readouterr().err and not (tmp_path / "eps").exists()
+    assert main(["dataset", "import-serl", str(path), "--out", str(tmp_path / "eps"), "--trust-pickle",
                  "--rename", "wrist1=wrist_1"]) == 0
     episodes = list(EpisodeStore(tmp_path / "eps").episodes())
     assert [len(e) for e in episodes] == [2, 3] and "wrist_1" in episodes[0].observations
+    assert "deprecated" not in capsys.readouterr().err
+    # The old name still works, hidden from --help, with a one-line notice naming the new one.
+    assert main(["dataset", "import-serl", str(path), "--out", str(tmp_path / "old"), "--trusted",
+                 "--rename", "wrist1=wrist_1"]) == 0
+    notice = [line for line in capsys.readouterr().err.splitlines() if "deprecated" in line]
+    assert notice == ["franka-rl dataset import-serl: --trusted is deprecated, use --trust-pickle"]
+    assert len(list(EpisodeStore(tmp_path / "old").episodes())) == 2
     bad = tmp_path / "bad.pkl"
     bad.write_bytes(pickle.dumps({"not": "transitions"}))
     with pytest.raises(SerlImportError, match="list of transition dicts"):

@@ -309,6 +309,7 @@ def test_learner_checkpoint_on_a_full_tmpfs_warns_keeps_training_and_keeps_the_g
     learner.compile_update()
     assert learner.update() is not None  # training goes on
     assert learner.try_checkpoint() is None
+    lines = [line for line in lines if "compil" not in line]  # the compile announcements are not about the disk
     assert len(lines) == 1 and "warning:" in lines[0] and "bytes free" in lines[0]
     assert str(small_disk / "learner") in lines[0] and "next try" in lines[0]
     assert_no_temporaries(small_disk / "learner")

@@ -2,6 +2,7 @@
 outputs, the WSRL restore of a pretrain checkpoint, resuming, and the one-line user errors."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -103,8 +104,29 @@ def test_pretrain_resumes_from_its_latest_checkpoint(pretrained, demos, tmp_path
     shutil.copytree(pretrained, out)
     code = main(["pretrain", "--data", str(demos), "--out", str(out), "--no-progress", *TINY, "pretrain.steps=35"])
     assert code == 0
-    assert "resuming from" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "resuming from" in captured.err
     assert json.loads((out / "summary.json").read_text())["steps"] == 35
+    # It says what it does before the first step, and the final rate is never rounded to "0 steps/s".
+    assert "pretrain: compiling the learner step" in captured.out
+    assert "pretrain: compiled and ran the first step in" in captured.out
+    final = next(line for line in captured.out.splitlines() if line.startswith("Cal-QL (wsrl): 35 steps (5 this run)"))
+    assert re.search(r"\((\d+(\.\d+)? steps/s|[\d.]+ s/step|.* min .*/step)\)$", final), final
+    assert "(0 steps/s)" not in final
+
+
+def test_a_slow_pretrain_reports_its_rate_not_zero(demos, tmp_path, monkeypatch, capsys):
+    """The issue's "50 steps in 503 s (0 steps/s)": the final line keeps a readable precision."""
+    import agent.pretrain
+
+    def slow(*args, **kwargs):
+        return {"algorithm": "Cal-QL", "steps": 50, "steps_this_run": 50, "elapsed_s": 503.0, "interrupted": False,
+                "calibration": {"points": 0}, "calibration_on": "held-out", "checkpoint": "c",
+                "calibration_plot": "p"}
+
+    monkeypatch.setattr(agent.pretrain, "pretrain", slow)
+    assert main(["pretrain", "--data", str(demos), "--out", str(tmp_path), "--no-progress", *TINY]) == 0
+    assert "Cal-QL (wsrl): 50 steps in 8 min 23 s (10.1 s/step)" in capsys.readouterr().out
 
 
 def test_eval_on_the_state_twin_writes_results_episodes_and_video(pretrained, tmp_path, capsys):
@@ -121,7 +143,11 @@ def test_eval_on_the_state_twin_writes_results_episodes_and_video(pretrained, tm
     stored = list(EpisodeStore(out / "episodes").episodes())
     assert len(stored) == 2 and {e.metadata["source"] for e in stored} == {"eval"}
     assert (out / "eval.mp4").stat().st_size > 0 and (out / "contact_sheet.png").stat().st_size > 0
-    assert "success:" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "success:" in printed
+    # What it does before the first episode is said, not a silence (issue 17).
+    assert "eval: building the agent and restoring the checkpoint" in printed
+    assert "eval: checkpoint step 30" in printed
 
 
 def test_eval_with_a_checkpoint_of_another_architecture_fails_clearly(pretrained, tmp_path, capsys):

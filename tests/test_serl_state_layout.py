@@ -97,10 +97,10 @@ def test_import_serl_command_maps_with_the_configs_nominal_pose(tmp_path, capsys
     path = tmp_path / "serl.pkl"
     path.write_bytes(pickle.dumps(transitions("quat")))
     out = tmp_path / "eps"
-    assert main(["dataset", "import-serl", str(path), "--out", str(out), "--trusted"]) == 2
+    assert main(["dataset", "import-serl", str(path), "--out", str(out), "--trust-pickle"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--nominal-pose" in err[0] and not out.exists()
-    assert main(["dataset", "import-serl", str(path), "--out", str(out), "--trusted",
+    assert main(["dataset", "import-serl", str(path), "--out", str(out), "--trust-pickle",
                  "--config", str(CONFIG_DIR / "peg_insertion_sim.yaml")]) == 0
     [episode] = EpisodeStore(out).episodes()
     np.testing.assert_allclose(episode.observations["state"][1, STATE_LAYOUT["tcp_position"]], [0.01, 0.02, -0.01],

@@ -185,8 +185,10 @@ class ReplayBuffer:
 
     # ------------------------------------------------------------------ features
 
-    def set_feature_fn(self, feature_fn: FeatureFn | None) -> None:
-        """Attach (or detach with None) the frame encoder and (re)compute features of every slot."""
+    def set_feature_fn(self, feature_fn: FeatureFn | None, *,
+                       on_progress: Callable[[int], None] | None = None) -> None:
+        """Attach (or detach with None) the frame encoder and (re)compute features of every slot;
+        `on_progress(n)` hears of every `n` frames encoded (`frames_to_encode` in all), for a bar."""
         self._feature_fn = feature_fn
         self._features = {}
         if feature_fn is None:
@@ -195,13 +197,18 @@ class ReplayBuffer:
             if key not in self._obs:
                 raise KeyError(f"feature key '{key}' is not an observation key {sorted(self._obs)}")
         if self.size:
-            self._encode_slots(np.arange(self.size))
+            self._encode_slots(np.arange(self.size), on_progress)
+
+    @property
+    def frames_to_encode(self) -> int:
+        """Frames `set_feature_fn` encodes for the slots filled now (every feature key's)."""
+        return self.size * len(self.feature_keys)
 
     @property
     def has_features(self) -> bool:
         return self._feature_fn is not None
 
-    def _encode_slots(self, slots: np.ndarray) -> None:
+    def _encode_slots(self, slots: np.ndarray, on_progress: Callable[[int], None] | None = None) -> None:
         assert self._feature_fn is not None
         for key in self.feature_keys:
             for start in range(0, len(slots), self.feature_batch_size):
@@ -213,6 +220,8 @@ class ReplayBuffer:
                 if key not in self._features:
                     self._features[key] = np.zeros((self.capacity, *features.shape[1:]), features.dtype)
                 self._features[key][chunk] = features
+                if on_progress is not None:
+                    on_progress(len(chunk))
 
     # ------------------------------------------------------------------ adding data
 
@@ -465,7 +474,8 @@ class ReplayBuffer:
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, shaping: RewardShaping, feature_fn: FeatureFn | None = None,
-             feature_keys: Iterable[str] | None = None, expected_sha256: str | None = None) -> ReplayBuffer:
+             feature_keys: Iterable[str] | None = None, expected_sha256: str | None = None,
+             on_progress: Callable[[int], None] | None = None) -> ReplayBuffer:
         """Load a buffer written by `save` for an agent that shapes rewards with `shaping`.
 
         With `expected_sha256` (what the learner's checkpoint recorded) the file's bytes are
@@ -529,7 +539,7 @@ class ReplayBuffer:
             raise CorruptBufferError(f"replay buffer file {path} does not hold a consistent buffer "
                                      f"({type(exc).__name__}: {exc})") from None
         if feature_fn is not None:
-            buffer.set_feature_fn(feature_fn)
+            buffer.set_feature_fn(feature_fn, on_progress=on_progress)
         return buffer
 
 

@@ -99,7 +99,7 @@ def read_source(source: str | os.PathLike, *, trust_pickle: bool = False,
         except SerlLayoutError as exc:
             raise DataSourceError(
                 f"{path}: {exc}. Those are options of the import: `franka-rl dataset import-serl {path} --out DIR "
-                "--trusted --config YOUR_CELL.yaml` (or --state-as-is), then pass DIR") from None
+                "--trust-pickle --config YOUR_CELL.yaml` (or --state-as-is), then pass DIR") from None
         except SerlImportError as exc:
             raise DataSourceError(str(exc)) from None
     try:

@@ -123,3 +123,27 @@ def sample_frames(store: EpisodeStore, *, rows: int = 8, seed: int = 0
             outcome = "label " + ("positive" if episode.frame_info["success_label"][step] else "negative")
         labels.append(f"{paths[index].stem} step {step} {outcome} ({', '.join(cameras)})")
     return tiles, labels
+
+
+def array_shapes(store: EpisodeStore) -> dict[str, Any] | None:
+    """Per-step shapes and dtypes of the first readable episode: {"episode": file name,
+    "observations": {key: "(128, 128, 3) uint8", ...}, "action": "(6,) float32"}; None if none loads."""
+    for path in store.paths():
+        try:
+            episode = load_episode(path)
+        except CorruptEpisodeError:
+            continue
+
+        def describe(array: np.ndarray) -> str:
+            return f"{tuple(int(n) for n in array.shape[1:])} {array.dtype}"
+
+        return {"episode": path.name,
+                "observations": {key: describe(value) for key, value in episode.observations.items()},
+                "action": describe(episode.actions)}
+    return None
+
+
+def format_shapes(shapes: dict[str, Any]) -> str:
+    observations = ", ".join(f"{key} {text}" for key, text in shapes["observations"].items())
+    return (f"observations       {observations}  (per step, from {shapes['episode']})\n"
+            f"action             {shapes['action']}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from franka_rl.cli import UserError
@@ -28,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     info.add_argument("path", help="episode directory")
     info.add_argument("--sheet", default=None,
-                      help="contact-sheet PNG to write (default: <path>/contact_sheet.png)")
+                      help="contact-sheet PNG to write (default: runs/dataset_info/<dataset folder name>/"
+                           "contact_sheet.png, beside the other outputs, never inside the dataset)")
     info.add_argument("--no-sheet", action="store_true", help="do not write a contact sheet")
     info.add_argument("--rows", type=int, default=8, help="sampled frames (rows) in the sheet")
     info.add_argument("--metadata-only", action="store_true",
@@ -41,15 +43,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Convert SERL / HIL-SERL transition pickles (lists of dicts with observations, actions, "
             "next_observations, rewards, masks, dones) into episode files. A pickle can run any code "
-            "when loaded: import only files you recorded or trust, and say so with --trusted."
+            "when loaded: import only files you recorded or trust, and say so with --trust-pickle."
         ),
-        epilog="example: franka-rl dataset import-serl peg_20_demos.pkl --out runs/serl_demos --trusted "
+        epilog="example: franka-rl dataset import-serl peg_20_demos.pkl --out runs/serl_demos --trust-pickle "
                "--rename wrist1=wrist_1 --rename wrist2=wrist_2",
     )
     serl.add_argument("pickles", nargs="+", help="SERL transition pickle file(s), imported in this order")
     serl.add_argument("--out", required=True, help="episode directory to write (appended to if it exists)")
-    serl.add_argument("--trusted", action="store_true",
-                      help="confirm the pickles come from a trusted source (required)")
+    serl.add_argument("--trust-pickle", action="store_true",
+                      help="confirm the pickles come from a source you trust: unpickling runs code (required)")
+    # The old name of --trust-pickle (pretrain's flag for the same thing): still accepted, with a notice.
+    serl.add_argument("--trusted", dest="trusted_deprecated", action="store_true", help=argparse.SUPPRESS)
     serl.add_argument("--rename", action="append", default=[], metavar="OLD=NEW",
                       help="rename an observation key, e.g. wrist1=wrist_1 (repeatable)")
     serl.add_argument("--task", default="peg_insertion", help="task name stored in the metadata")
@@ -154,20 +158,37 @@ def _store(path: str, create: bool = False):
         raise UserError(f"{path} is not a directory of episodes (episode_*.npz)") from None
 
 
+def default_sheet_path(dataset: str | os.PathLike) -> Path:
+    """Where `dataset info` writes its contact sheet without --sheet: under the default output
+    folder, not inside the dataset (a dataset folder is data, and may be read-only or shared)."""
+    from franka_rl.config import Config
+
+    return Path(Config.output_dir) / "dataset_info" / (Path(dataset).resolve().name or "dataset") / "contact_sheet.png"
+
+
 def run_info(args: argparse.Namespace) -> int:
-    from agent.data.summary import format_summary, sample_frames, summarize
+    from agent.data.summary import (
+        array_shapes,
+        format_shapes,
+        format_summary,
+        sample_frames,
+        summarize,
+    )
 
     store = _store(args.path)
     if not store.paths():
         raise UserError(f"{args.path} holds no episode files (episode_*.npz)")
     summary = summarize(store, verify=not args.metadata_only)
     print(format_summary(summary))
+    shapes = array_shapes(store)
+    if shapes is not None:
+        print(format_shapes(shapes))
     if not args.no_sheet:
         tiles, labels = sample_frames(store, rows=args.rows)
         if tiles:
             from robot_env.media import contact_sheet, save_png
 
-            sheet = Path(args.sheet) if args.sheet else Path(args.path) / "contact_sheet.png"
+            sheet = Path(args.sheet) if args.sheet else default_sheet_path(args.path)
             save_png(sheet, contact_sheet(tiles, labels))
             print(f"contact sheet      {sheet}")
         else:
@@ -194,8 +215,10 @@ def run_import_serl(args: argparse.Namespace) -> int:
         serl_transitions_to_episodes,
     )
 
-    if not args.trusted:
-        raise UserError(PICKLE_WARNING + ". If these files are yours, run again with --trusted")
+    if args.trusted_deprecated:
+        print("franka-rl dataset import-serl: --trusted is deprecated, use --trust-pickle", file=sys.stderr)
+    if not (args.trust_pickle or args.trusted_deprecated):
+        raise UserError(PICKLE_WARNING + ". If these files are yours, run again with --trust-pickle")
     renames = _renames(args.rename)
     nominal = args.nominal_pose
     if args.config is not None:

@@ -9,11 +9,8 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-
 from franka_rl.cli import UserError
 from franka_rl.commands import pipeline as pipeline_command
-from franka_rl.config import load_config
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -69,17 +66,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_expert_preview(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from franka_rl.config import load_config
+
     cfg = load_config(args.config, args.overrides)
     if cfg.mode != "sim":
         raise UserError("demo runs the MuJoCo twin: use a config with mode: sim")
     if args.episodes < 1:
         raise UserError("--episodes must be at least 1")
 
-    from tqdm import tqdm
-
     import sim
     from franka_rl.assemble import build_env
     from robot_env.media import contact_sheet, save_png, side_by_side, write_video
+    from robot_env.progress import progress as progress_bar
 
     output = Path(args.out) / "preview"
     output.mkdir(parents=True, exist_ok=True)
@@ -91,7 +91,7 @@ def run_expert_preview(args: argparse.Namespace) -> int:
     sheet_source: list[dict[str, np.ndarray]] = []
     outcomes = []
     started = time.monotonic()
-    progress = tqdm(range(args.episodes), desc="expert episodes", unit="ep")
+    progress = progress_bar(range(args.episodes), desc="expert episodes", unit="ep")
     for episode in progress:
         observation, info = env.reset(seed=cfg.seed + episode)
         expert.reset()

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from franka_rl.cli import UserError, add_config_arguments
+from robot_env.progress import say
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -48,12 +49,11 @@ def checkpoint_directory(path: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agent.checkpoint import AgentCheckpointer
-    from agent.data.episodes import EpisodeStore, make_metadata
-    from agent.evaluation import contact_sheet_rows, evaluate, policy_fn, spread_reset_offsets
-    from franka_rl.assemble import build_agent, build_env, check_backbone_weights, config_hash
+    # Paths and arguments first: a typo answers at once, not after JAX and the twin have loaded.
+    checkpoints = checkpoint_directory(Path(args.checkpoint))
+    if args.episodes is not None and args.episodes < 1:
+        raise UserError(f"--episodes must be at least 1, got {args.episodes}")
     from franka_rl.config import load_config
-    from robot_env.media import contact_sheet, save_png, write_video
 
     overrides = list(args.overrides)
     if args.episodes is not None:
@@ -61,22 +61,33 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)
     if cfg.eval.episodes < 1:
         raise UserError("eval.episodes must be at least 1")
+
+    say("eval: loading JAX and the agent")
+    from agent.checkpoint import AgentCheckpointer
+    from agent.data.episodes import EpisodeStore, make_metadata
+    from agent.evaluation import contact_sheet_rows, evaluate, policy_fn, spread_reset_offsets
+    from franka_rl.assemble import build_agent, build_env, check_backbone_weights, config_hash
+    from robot_env.media import contact_sheet, save_png, write_video
+
     try:
         offsets = spread_reset_offsets(cfg.eval.episodes, cfg.task, cfg.seed, cfg.eval.spread)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    checkpoints = checkpoint_directory(Path(args.checkpoint))
     out = Path(args.out) if args.out else checkpoints.parent / "eval"
     out.mkdir(parents=True, exist_ok=True)
 
     check_backbone_weights(cfg)  # before the arm and the cameras are opened
     cameras = list(cfg.env.cameras)
+    say(f"eval: building the {'twin' if cfg.mode == 'sim' else 'robot'} env ({cfg.mode})")
     env = build_env(cfg, "eval", render=not cameras and cfg.eval.video_episodes > 0)
     try:
+        say("eval: building the agent and restoring the checkpoint")
         template = build_agent(cfg, env)  # shapes from the spaces: no reset move just for a template
         checkpointer = AgentCheckpointer(checkpoints, max_to_keep=None)
         agent, _ = checkpointer.restore(template, args.step, cfg.agent)
         step = checkpointer.restored_step  # the newest usable one when the latest was damaged
+        say(f"eval: checkpoint step {step} from {checkpoints}; {cfg.eval.episodes} episodes "
+            "(the first action compiles the policy)")
         store = EpisodeStore(out / "episodes", create=True)
         base = {"task": cfg.task.name, "source": "eval", "config_hash": config_hash(cfg), "mode": cfg.mode,
                 "checkpoint": str(checkpoints), "checkpoint_step": step, "cameras": cameras}

@@ -50,9 +50,9 @@ def run(args: argparse.Namespace) -> int:
     check_cameras(meta, shapes, f"the data in {', '.join(args.data)}", args.model)
     classifier = load_classifier(args.model)
     threshold = args.threshold if args.threshold is not None else classifier.threshold
-    from tqdm import tqdm
+    from robot_env.progress import progress
 
-    with tqdm(total=len(frames), desc="classifying", unit="frame", disable=args.quiet) as bar:
+    with progress(total=len(frames), desc="classifying", unit="frame", disable=args.quiet) as bar:
         probabilities = classifier.probabilities(frames.images, progress=bar.update)
     out = Path(args.out or Path(args.model) / f"eval-{Path(args.data[0]).resolve().name}")
     metrics = write_report(out, frames, probabilities, threshold,

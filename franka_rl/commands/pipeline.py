@@ -69,10 +69,14 @@ def run(args: argparse.Namespace) -> int:
         COMPARE_METHODS,
         PipelineError,
         PipelinePlan,
+        check_stage_selectors,
         load_profile,
         run_pipeline,
     )
 
+    only, force = _names(args.stages), _names(args.force)
+    check_stage_selectors(only, "--stages")
+    check_stage_selectors(force, "--force")
     profile = load_profile(args.profile, [item for item in args.set])
     # Check the config and every override now, before hours of stages, with the same loader.
     cfg = load_config(args.config, [*profile.overrides, *args.overrides])
@@ -87,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         raise PipelineError(f"unknown method(s) {unknown}; available presets: {', '.join(agent_presets())}")
     seeds = args.seeds or ([0, 1, 2] if args.compare else [0])
     plan = PipelinePlan(out=Path(args.out), profile=profile, config=args.config, overrides=list(args.overrides))
-    report = run_pipeline(plan, methods=methods, seeds=seeds, force=_names(args.force),
-                          only=_names(args.stages), echo=not args.quiet)
+    report = run_pipeline(plan, methods=methods, seeds=seeds, force=force,
+                          only=only, echo=not args.quiet)
     print(f"report: {report / 'results.md'}")
     return 0

@@ -7,6 +7,9 @@ import re
 from pathlib import Path
 
 from franka_rl.cli import UserError, add_config_arguments
+from robot_env.progress import format_duration, format_rate, say
+
+MINARI_PREFIX = "minari:"  # agent.data.sources.MINARI_PREFIX, without importing the data stack
 
 _OVERRIDE = re.compile(r"^[A-Za-z_][\w]*(\.[\w]+)*=")
 
@@ -52,29 +55,44 @@ def split_data_and_overrides(items: list[str]) -> tuple[list[str], list[str]]:
     """`--data a b key=value` collects the trailing overrides too: give them back to the overrides."""
     data, overrides = [], []
     for item in items:
-        is_override = _OVERRIDE.match(item) and not item.startswith("minari:") and not Path(item).exists()
+        is_override = _OVERRIDE.match(item) and not item.startswith(MINARI_PREFIX) and not Path(item).exists()
         (overrides if is_override else data).append(item)
     return data, overrides
 
 
+def check_data_paths(data: list[str]) -> None:
+    """A missing --data path, before JAX is imported (seconds) and before any data is read."""
+    for item in data:
+        if not item.startswith(MINARI_PREFIX) and not Path(item).exists():
+            raise UserError(f"--data {item} does not exist; give episode directories or files, "
+                            "LeRobot dataset folders, SERL *.pkl or minari:<id> (record demos with "
+                            "`franka-rl record-demos`)")
+
+
 def run(args: argparse.Namespace) -> int:
+    data, extra_overrides = split_data_and_overrides(args.data)
+    if not data:
+        raise UserError("--data needs at least one episode directory, episode file, *.pkl or minari:<id>")
+    check_data_paths(data)
+    if args.steps is not None and args.steps < 1:
+        raise UserError(f"--steps must be >= 1, got {args.steps}")
+    from franka_rl.config import load_config
+
+    overrides = [*args.overrides, *extra_overrides]
+    if args.steps is not None:
+        overrides.append(f"pretrain.steps={args.steps}")
+    cfg = load_config(args.config, overrides, default_preset="wsrl")
+    out = Path(args.out) if args.out else Path(cfg.output_dir) / "pretrain"
+
+    say("pretrain: loading JAX and the agent")
     from agent.pretrain import (
         check_image_size,
         load_offline_episodes,
         pretrain,
         validate_pretrain_config,
     )
-    from franka_rl.assemble import buffer_factory, config_hash
-    from franka_rl.config import load_config
+    from franka_rl.assemble import buffer_factory, config_hash, run_config
 
-    data, extra_overrides = split_data_and_overrides(args.data)
-    if not data:
-        raise UserError("--data needs at least one episode directory, episode file, *.pkl or minari:<id>")
-    overrides = [*args.overrides, *extra_overrides]
-    if args.steps is not None:
-        overrides.append(f"pretrain.steps={args.steps}")
-    cfg = load_config(args.config, overrides, default_preset="wsrl")
-    out = Path(args.out) if args.out else Path(cfg.output_dir) / "pretrain"
     validate_pretrain_config(cfg.agent, cfg.pretrain)  # before reading a possibly large dataset
     from agent.devices import use_device
     from franka_rl.assemble import check_backbone_weights, warn_random_backbone
@@ -96,11 +114,14 @@ def run(args: argparse.Namespace) -> int:
     run_info = {"agent_preset": cfg.agent_preset, "config": args.config or "configs/peg_insertion_sim.yaml",
                 "overrides": overrides, "config_hash": config_hash(cfg), "seed": cfg.seed}
     summary = pretrain(cfg.agent, cfg.pretrain, dataset, out, new_buffer=buffer_factory(cfg.agent), seed=cfg.seed,
-                       progress=not args.no_progress,
-                       run_info=run_info)
+                       progress=not args.no_progress, run_info=run_info, metrics=cfg.metrics,
+                       run_config=run_config(cfg))
     calibration = summary["calibration"]
-    print(f"{summary['algorithm']} ({cfg.agent_preset}): {summary['steps']} steps in {summary['elapsed_s']:.0f} s "
-          f"({summary['steps_per_s']:.0f} steps/s)" + (" (interrupted)" if summary["interrupted"] else ""))
+    this_run = f" ({summary['steps_this_run']} this run)" if summary["steps_this_run"] != summary["steps"] else ""
+    print(f"{summary['algorithm']} ({cfg.agent_preset}): {summary['steps']} steps{this_run} in "
+          f"{format_duration(summary['elapsed_s'])} "
+          f"({format_rate(summary['steps_this_run'], summary['elapsed_s'], 'step')})"
+          + (" (interrupted)" if summary["interrupted"] else ""))
     print(f"calibration on {calibration.get('points', 0)} {summary['calibration_on']} steps: "
           f"mean Q - G = {calibration.get('mean_q_minus_g', float('nan')):+.2f}, "
           f"Q >= G at {calibration.get('fraction_q_above_g', float('nan')):.0%}")

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from franka_rl.assemble import config_hash
 from franka_rl.cli import add_config_arguments
-from franka_rl.config import load_config, to_yaml
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,6 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from franka_rl.assemble import config_hash
+    from franka_rl.config import load_config, to_yaml
+
     cfg = load_config(args.config, args.overrides)
     print(to_yaml(cfg), end="")
     print(f"# config hash: {config_hash(cfg)}")

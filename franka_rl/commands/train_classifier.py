@@ -78,7 +78,9 @@ def run(args: argparse.Namespace) -> int:
     positives = int(frames.labels.sum())
     print(f"{len(frames)} frames ({positives} success, {len(frames) - positives} failure) in "
           f"{len(set(frames.episode.tolist()))} episodes; labels from {frames.label_sources}")
-    with MetricsWriter(out) as writer:
+    from franka_rl.assemble import run_config
+
+    with MetricsWriter(out, wandb=cfg.metrics.wandb, config=run_config(cfg), job_type="train-classifier") as writer:
         trained = train_classifier(frames, cfg.classifier, log=writer.log, progress=not args.quiet)
     save_classifier(out, trained.backbone_params, trained.head_params,
                     {**trained.metadata, "trained_on": [str(Path(d).resolve()) for d in args.data]})

@@ -69,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from agent.gym_env import make_gym_env
     from agent.gym_trainer import GYM_DEFAULTS, GymRun, algo_overrides, train_gym
-    from franka_rl.assemble import buffer_factory
+    from franka_rl.assemble import buffer_factory, run_config
     from franka_rl.config import load_config, to_yaml
 
     for name in ("steps", "random_steps", "offline_steps", "checkpoint_every"):
@@ -93,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
         eval_episodes=args.eval_episodes, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
         buffer_capacity=args.buffer_capacity, max_episode_steps=args.max_episode_steps, progress=not args.no_progress,
     )
-    summary = train_gym(gym_run, cfg.agent, buffer_factory(cfg.agent), seed=cfg.seed)
+    summary = train_gym(gym_run, cfg.agent, buffer_factory(cfg.agent), seed=cfg.seed, metrics=cfg.metrics,
+                        run_config=run_config(cfg))
     final = summary["final_eval"]
     if final:
         print(f"final evaluation return {final['return_mean']:.1f} ± {final['return_std']:.1f} "
