@@ -40,6 +40,7 @@ from flax import serialization
 
 from agent.config import AgentConfig
 from agent.core import Agent
+from agent.data.episodes import fsync_directory
 from robot_env.errors import UserError
 
 _log = logging.getLogger(__name__)
@@ -77,16 +78,6 @@ def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
         while block := handle.read(chunk_bytes):
             digest.update(block)
     return digest.hexdigest()
-
-
-def fsync_directory(directory: str | Path) -> None:
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_json_atomically(path: Path, payload: dict) -> None:

@@ -111,7 +111,7 @@ def assert_same_steps(original, back):
         assert got.dtype == want.dtype and got.shape == want.shape, name
         np.testing.assert_array_equal(got, want, err_msg=name)
     np.testing.assert_array_equal(back.info["success"], original.info["success"])
-    written_by_store = ("length", "success", "interventions")  # what EpisodeStore.write adds
+    written_by_store = ("length", "success", "interventions", "content_sha256")  # what EpisodeStore.write adds
     assert {k: v for k, v in back.metadata.items() if k not in written_by_store} == original.metadata
 
 

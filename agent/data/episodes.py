@@ -177,7 +177,8 @@ def episode_arrays(episode: Episode) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: str | Path) -> None:
+    """Make a rename or creation inside `directory` durable (POSIX; a no-op elsewhere)."""
     if sys.platform.startswith("win"):
         return
     fd = os.open(directory, os.O_RDONLY)
@@ -221,7 +222,7 @@ def write_episode_file(episode: Episode, path: str | os.PathLike, *, overwrite: 
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-    _fsync_directory(path.parent)
+    fsync_directory(path.parent)
     return path
 
 
