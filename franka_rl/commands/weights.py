@@ -40,8 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "or ~/.cache/franka_rl/weights)")
     fetch.add_argument("--url", default=None, help="download from this URL instead (a mirror of the same file)")
     fetch.add_argument("--sha256", default=None, metavar="HEX",
-                       help="the file's full sha256; required where none is pinned (resnet10), "
-                            "and replaces the pin otherwise")
+                       help="the file's full sha256: replaces the registry's pin (e.g. the sha256 of a copy you "
+                            "already trust)")
     fetch.add_argument("--timeout", type=float, default=30.0, metavar="S",
                        help="seconds without data before the download is abandoned (default 30)")
     fetch.set_defaults(handler=run_fetch)
