@@ -11,32 +11,10 @@ import pytest
 from test_learner import chunk as learner_chunk
 from test_learner import config as learner_config
 from test_learner import deliver, make_learner
+from transport_peers import cfg, client, server, wait_for  # noqa: E402
 
-from agent.process_config import TransportConfig
-from agent.transport import ActorClient, LearnerServer, TransportError
-from agent.transport.fuzzing import ACTION_DIM, CONFIG_HASH, SPEC, free_port, valid_chunk
-
-
-def cfg(**kw) -> TransportConfig:
-    return TransportConfig(**{"port": free_port(), "heartbeat_interval_s": 0.05, "heartbeat_timeout_s": 1.0, **kw})
-
-
-def server(c, **kw) -> LearnerServer:
-    return LearnerServer(c, config_hash=CONFIG_HASH, observation_spec=SPEC, action_dim=ACTION_DIM, **kw).start()
-
-
-def client(c, actor_id="a0") -> ActorClient:
-    return ActorClient(c, actor_id=actor_id, config_hash=CONFIG_HASH, observation_spec=SPEC,
-                       action_dim=ACTION_DIM).start()
-
-
-def wait_for(predicate, timeout=10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
+from agent.transport import TransportError
+from agent.transport.fuzzing import valid_chunk
 
 
 def store_in_order(srv, stored: dict, timeout=0.05) -> int:

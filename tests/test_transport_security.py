@@ -2,20 +2,18 @@
 
 import logging
 import stat
-import time
 
 import numpy as np
 import pytest
 import zmq
+from transport_peers import cfg, client, server, wait_for  # noqa: E402
 
 from agent.process_config import (
     LearnerConfig,
     ProcessConfigError,
-    TransportConfig,
     validate_process_config,
 )
 from agent.transport import (
-    ActorClient,
     LearnerServer,
     Message,
     MessageType,
@@ -27,33 +25,9 @@ from agent.transport.fuzzing import (
     ACTION_DIM,
     CONFIG_HASH,
     SPEC,
-    free_port,
     hello_fields,
     valid_chunk,
 )
-
-
-def cfg(**kw) -> TransportConfig:
-    return TransportConfig(**{"port": free_port(), "heartbeat_interval_s": 0.05, "heartbeat_timeout_s": 1.0, **kw})
-
-
-def server(c: TransportConfig) -> LearnerServer:
-    return LearnerServer(c, config_hash=CONFIG_HASH, observation_spec=SPEC, action_dim=ACTION_DIM).start()
-
-
-def client(c: TransportConfig, actor_id: str) -> ActorClient:
-    return ActorClient(c, actor_id=actor_id, config_hash=CONFIG_HASH, observation_spec=SPEC,
-                       action_dim=ACTION_DIM).start()
-
-
-def wait_for(predicate, timeout=5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
-
 
 # ----------------------------------------------------------------------------------- squatting
 
