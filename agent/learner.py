@@ -57,6 +57,7 @@ from agent.metrics import MetricsConfig, MetricsWriter
 from agent.param_sync import all_finite, backbone_digest, export_acting_params, export_backbone
 from agent.process_config import LearnerConfig, TransportConfig, validate_process_config
 from agent.sac import learner_step
+from agent.sharding import data_parallel_step
 from agent.sampling import sample_batches
 from agent.transport.server import Delivery, LearnerServer, Watermarks
 from agent.wsrl import policy_drift, updates_allowed
@@ -220,6 +221,10 @@ class Learner:
             raise LearnerError(f"{exc}; give the learner a writable learner.run_dir") from None
         self.pretrained = pretrained
         self.agent = agent
+        # The one learner step every update (and its compile) runs: split over learner.devices.
+        self.learner_step, how = data_parallel_step(lcfg.devices, agent_cfg.sac.batch_size, "learner.devices")
+        if self.learner_step is not learner_step:
+            report(f"learner: {how}")
         self.feature_cache = uses_feature_cache(self.agent)
         feature_fn = self._make_feature_fn() if self.feature_cache else None
         self.feature_fn = feature_fn
@@ -535,7 +540,7 @@ class Learner:
         batches = sample_batches(
             self.buffer, self.offline, self.rng, sac.batch_size, sac.utd, self.agent_cfg.online.offline_ratio,
             bootstrap_on_truncation=self.agent_cfg.reward.bootstrap_on_truncation, frames=not self.feature_cache)
-        agent, metrics = learner_step(self.agent, batches)
+        agent, metrics = self.learner_step(self.agent, batches)
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
         if not bad and not bool(_trainable_state_finite(agent)):
@@ -627,7 +632,7 @@ class Learner:
             "rewards": np.zeros(lead, np.float32), "masks": np.ones(lead, np.float32),
             "mc_returns": np.zeros(lead, np.float32),
         }
-        jax.block_until_ready(learner_step(self.agent, batches))
+        jax.block_until_ready(self.learner_step(self.agent, batches))
         self.report(f"learner: compiled in {format_duration(time.monotonic() - started)}")
 
     def publish(self) -> None:

@@ -31,6 +31,9 @@ class PretrainConfig:
     buffer_capacity: int = 0
     # Where the updates run: "auto", "gpu" (refuse to start without one) or "cpu" (agent/devices.py).
     device: str = "auto"
+    # Local devices of that backend sharing every step, batch split over them (agent/sharding.py;
+    # 0 = all of them).
+    devices: int = 0
 
 
 @dataclass
@@ -62,6 +65,7 @@ def validate_offline_config(pretrain: PretrainConfig, evaluation: EvalConfig) ->
         (pretrain.keep_checkpoints >= 1, "pretrain.keep_checkpoints must be >= 1"),
         (pretrain.buffer_capacity == 0 or pretrain.buffer_capacity >= 2,
          "pretrain.buffer_capacity must be 0 (fit the dataset) or >= 2"),
+        (pretrain.devices >= 0, "pretrain.devices must be >= 0 (0 = all local devices)"),
         (evaluation.episodes >= 1, f"eval.episodes must be >= 1, got {evaluation.episodes}"),
         (evaluation.spread in SPREADS, f"eval.spread must be one of {SPREADS}, got '{evaluation.spread}'"),
         (evaluation.video_episodes >= 0, f"eval.video_episodes must be >= 0, got {evaluation.video_episodes}"),

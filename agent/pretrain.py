@@ -34,6 +34,7 @@ from agent.data.sources import MINARI_PREFIX, PICKLE_SUFFIXES, DataSourceError, 
 from agent.metrics import MetricsConfig, MetricsWriter
 from agent.offline_config import PretrainConfig
 from agent.sac import learner_step, stack_batches
+from agent.sharding import data_parallel_step
 from robot_env.errors import UserError
 from robot_env.progress import format_duration, format_rate, say
 from robot_env.progress import progress as progress_bar
@@ -158,6 +159,7 @@ def validate_pretrain_config(cfg: AgentConfig, pcfg: PretrainConfig) -> None:
                           "calql_finetune (rlpd trains from scratch online and has nothing to pre-train)"),
         (pcfg.steps >= 1, "pretrain.steps must be >= 1"),
         (pcfg.utd >= 1, "pretrain.utd must be >= 1"),
+        (pcfg.devices >= 0, "pretrain.devices must be >= 0 (0 = all local devices)"),
         (pcfg.holdout_episodes >= 0, "pretrain.holdout_episodes must be >= 0"),
         (pcfg.log_every >= 1, "pretrain.log_every must be >= 1"),
         (pcfg.checkpoint_every >= 1, "pretrain.checkpoint_every must be >= 1"),
@@ -211,6 +213,9 @@ def pretrain(
     batch_size = int(cfg.sac.batch_size)
     bootstrap = bool(cfg.reward.bootstrap_on_truncation)
     frames = not buffer.has_features
+    step_fn, how = data_parallel_step(pcfg.devices, batch_size, "pretrain.devices")
+    if step_fn is not learner_step:
+        say(f"pretrain: {how}")
 
     def next_batches():
         return stack_batches([to_agent_batch(buffer.sample(batch_size, rng, frames=frames),
@@ -233,7 +238,7 @@ def pretrain(
                     f"{batch_size}; the first step, up to a few minutes on a CPU with image encoders)")
             compile_started = time.monotonic()
             while step < pcfg.steps:
-                agent, step_metrics = learner_step(agent, next_batches())
+                agent, step_metrics = step_fn(agent, next_batches())
                 step += 1
                 window_steps += 1
                 if bar is None:  # the first step compiled: from here the bar's rate and ETA are honest

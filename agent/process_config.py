@@ -116,6 +116,10 @@ class LearnerConfig:
     # Where the updates run: "auto" (a GPU if JAX finds one, else the CPU, said at start), "gpu"
     # (refuse to start without one) or "cpu". See agent/devices.py and docs/processes.md.
     device: str = "auto"
+    # How many local devices of that backend share every learner step (agent/sharding.py): the
+    # batch is split over them, the agent replicated. 0 = all of them; agent.sac.batch_size must
+    # be a multiple of the count.
+    devices: int = 0
 
 
 def is_loopback(host: str) -> bool:
@@ -193,6 +197,7 @@ def validate_process_config(transport: TransportConfig, actor: ActorConfig | Non
             (learner.log_every_steps >= 1, "learner.log_every_steps must be >= 1"),
             (learner.max_steps >= 0, "learner.max_steps must be >= 0"),
             (learner.status_interval_s > 0, "learner.status_interval_s must be > 0"),
+            (learner.devices >= 0, "learner.devices must be >= 0 (0 = all local devices)"),
         ]
         if max_episode_steps is not None:
             # A ring buffer smaller than one episode overwrites that episode's first transitions
