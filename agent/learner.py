@@ -57,8 +57,8 @@ from agent.metrics import MetricsConfig, MetricsWriter
 from agent.param_sync import all_finite, backbone_digest, export_acting_params, export_backbone
 from agent.process_config import LearnerConfig, TransportConfig, validate_process_config
 from agent.sac import learner_step
-from agent.sharding import data_parallel_step
 from agent.sampling import sample_batches
+from agent.sharding import data_parallel_step
 from agent.transport.server import Delivery, LearnerServer, Watermarks
 from agent.wsrl import policy_drift, updates_allowed
 from robot_env.errors import UserError

@@ -15,7 +15,12 @@ import numpy as np
 import pytest
 
 from agent.offline_config import EvalConfig, PretrainConfig, validate_offline_config
-from agent.process_config import LearnerConfig, ProcessConfigError, TransportConfig, validate_process_config
+from agent.process_config import (
+    LearnerConfig,
+    ProcessConfigError,
+    TransportConfig,
+    validate_process_config,
+)
 from robot_env.errors import ConfigError
 
 
