@@ -159,7 +159,6 @@ def validate_pretrain_config(cfg: AgentConfig, pcfg: PretrainConfig) -> None:
                           "calql_finetune (rlpd trains from scratch online and has nothing to pre-train)"),
         (pcfg.steps >= 1, "pretrain.steps must be >= 1"),
         (pcfg.utd >= 1, "pretrain.utd must be >= 1"),
-        (pcfg.devices >= 0, "pretrain.devices must be >= 0 (0 = all local devices)"),
         (pcfg.holdout_episodes >= 0, "pretrain.holdout_episodes must be >= 0"),
         (pcfg.log_every >= 1, "pretrain.log_every must be >= 1"),
         (pcfg.checkpoint_every >= 1, "pretrain.checkpoint_every must be >= 1"),
