@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 from test_learner import chunk, config, deliver  # noqa: E402
 
-import agent.learner as learner_module
 from agent.checkpoint import AgentCheckpointer
 from agent.data.episodes import EpisodeStore, load_episode
 from agent.data.replay_buffer import CorruptBufferError, ReplayBuffer
@@ -130,7 +129,7 @@ def test_a_non_finite_step_is_skipped_params_kept_and_n_in_a_row_stop_pointing_a
     assert deliver(learner, "a0/x", 1, chunk(0, 0, 7, end=True))
     assert learner.checkpoint() == 1
     before = export_acting_params(learner.agent)
-    monkeypatch.setattr(learner_module, "learner_step", nan_learner_step(learner_module.learner_step))
+    monkeypatch.setattr(learner, "learner_step", nan_learner_step(learner.learner_step))
     assert learner.update() is None and learner.update() is None
     assert learner.counters.skipped_nonfinite == 2 and learner.counters.steps == 0
     after = export_acting_params(learner.agent)
@@ -171,7 +170,7 @@ def test_the_exit_path_writes_no_checkpoint_after_a_non_finite_stop(tmp_path, mo
     assert learner.checkpoint() == 1
     good = export_acting_params(learner.agent)
     assert deliver(learner, "a0/x", 2, chunk(1, 0, 3, end=True))  # unsaved: the exit path would save it
-    monkeypatch.setattr(learner_module, "learner_step", nan_learner_step(learner_module.learner_step))
+    monkeypatch.setattr(learner, "learner_step", nan_learner_step(learner.learner_step))
     with pytest.raises(LearnerError, match="in a row were non-finite"):
         learner.run()
     assert AgentCheckpointer(tmp_path / "learner" / "checkpoints").all_steps() == [1]
