@@ -181,6 +181,18 @@ def test_the_exit_path_writes_no_checkpoint_after_a_non_finite_stop(tmp_path, mo
     resumed.server.close()
 
 
+def test_the_pipeline_prunes_every_buffer_snapshot_but_the_latest_checkpoints(tmp_path):
+    from franka_rl.pipeline import prune_old_buffers
+
+    cfg, run_dir = learner_with_two_checkpoints(tmp_path)
+    assert sorted(p.name for p in (run_dir / "replay").iterdir()) == ["buffer_000001.npz", "buffer_000002.npz"]
+    assert prune_old_buffers(run_dir) == 1
+    assert sorted(p.name for p in (run_dir / "replay").iterdir()) == ["buffer_000002.npz"]
+    resumed, _ = resume(cfg)  # the kept snapshot is the one the latest checkpoint resumes from
+    assert resumed.buffer.num_transitions == 9
+    resumed.server.close()
+
+
 # ------------------------------------------------------------------------------ damaged checkpoints
 
 

@@ -90,7 +90,9 @@ def test_runs_end_to_end_and_writes_the_report(finished_run):
     assert len(online["commands"]) == 2 and "--pretrained" in online["commands"][0]
     # every checkpoint kept for the marks, only the latest one's buffer snapshot
     checkpoints = list((out / "online" / "learner" / "checkpoints").glob("[0-9]*"))
-    assert len(checkpoints) >= 2  # a checkpoint per second (checkpoint_interval_s) and the final one
+    # At least the final one; how many periodic ones (checkpoint_interval_s) fit in depends on the
+    # machine's load. Pruning with several is tested in tests/test_faults.py.
+    assert len(checkpoints) >= 1
     assert online["details"]["pruned_buffer_files"] == len(checkpoints) - 1
     assert len(list((out / "online" / "learner" / "replay").glob("buffer_*.npz"))) == 1
     evals = summary["online"][0]["evals"]
