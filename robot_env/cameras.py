@@ -24,6 +24,8 @@ from robot_env.real_config import CameraDeviceConfig
 
 # Consecutive failed grabs after which a device counts as gone.
 _MAX_FAILED_GRABS = 10
+# How long close() waits for a grab in progress to return (a loaded machine can take seconds).
+CLOSE_TIMEOUT_S = 10.0
 
 
 def crop_and_resize(frame: np.ndarray, crop: Sequence[int], height: int, width: int) -> np.ndarray:
@@ -63,6 +65,8 @@ class CaptureThreadCamera(ABC):
         self._frames_captured = 0
         self._failure: str | None = None
         self._stop = threading.Event()
+        self._release_lock = threading.Lock()
+        self._released = False
         self._open()
         self._thread = threading.Thread(target=self._capture_loop, name=f"camera-{self.name}", daemon=True)
         self._thread.start()
@@ -88,6 +92,22 @@ class CaptureThreadCamera(ABC):
     # Capture -----------------------------------------------------------------------------------
 
     def _capture_loop(self) -> None:
+        try:
+            self._capture_until_stopped()
+        finally:
+            self._release_once()  # here, after the last grab: never under a grab in progress
+
+    def _release_once(self) -> None:
+        with self._release_lock:
+            if self._released:
+                return
+            self._released = True
+        try:
+            self._release()
+        except Exception:
+            pass  # the device may already be gone; nothing left to free
+
+    def _capture_until_stopped(self) -> None:
         failures = 0
         while not self._stop.is_set():
             try:
@@ -160,14 +180,15 @@ class CaptureThreadCamera(ABC):
         return crop_and_resize(frame, self.cfg.crop, self.height, self.width), stamp
 
     def close(self) -> None:
+        """Stop capturing and free the device. The capture thread frees it itself once its grab in
+        progress returns (freeing a capture under a read crashes OpenCV); a device whose read never
+        returns is left to that thread, which frees it when the read ends."""
         self._stop.set()
         thread = getattr(self, "_thread", None)
-        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
-            thread.join(2.0)
-        try:
-            self._release()
-        except Exception:
-            pass  # the device may already be gone; nothing left to free
+        if thread is None:
+            self._release_once()
+        elif thread.is_alive() and thread is not threading.current_thread():
+            thread.join(CLOSE_TIMEOUT_S)
 
 
 class OpenCVCamera(CaptureThreadCamera):

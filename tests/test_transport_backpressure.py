@@ -118,6 +118,7 @@ def test_a_starved_learner_gets_no_hello_or_resend_storm():
             for _ in range(5):
                 cli.send(valid_chunk(rng))
             assert wait_for(lambda: (store_in_order(srv, stored), sum(map(len, stored.values())))[1] == 5)
+            resends_before = cli.resends  # a starved start can already cost one re-handshake's resend
             original = srv._serve_once
             stall_until = time.monotonic() + 3.0
 
@@ -140,7 +141,8 @@ def test_a_starved_learner_gets_no_hello_or_resend_storm():
             assert wait_for(lambda: (store_in_order(srv, stored), sum(map(len, stored.values())))[1] == 15,
                             timeout=15.0)
             assert wait_for(lambda: cli.state == "up" and cli.all_stored())
-            assert cli.resends <= 12, f"{cli.resends} chunks resent for 10 unstored"
+            resends = cli.resends - resends_before
+            assert resends <= 12, f"{resends} chunks resent for 10 unstored"
             assert list(stored.values()) == [list(range(1, 16))]  # each once, in order
     finally:
         for hog in hogs:
