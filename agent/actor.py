@@ -192,6 +192,16 @@ class Actor:
         self.params_version = version
         return True
 
+    def warm_up(self) -> float:
+        """Compile the policy path the control loop uses (stochastic actions for one observation of
+        the env's spec) and return the seconds it took. Run before the first control step: inside
+        it, the first call would stall the arm's loop for the whole compile (seconds with cameras).
+        Parameter swaps keep shapes and dtypes, so they reuse this compilation."""
+        observation = {k: np.zeros(shape, dtype) for k, (shape, dtype) in observation_spec_of(self.env).items()}
+        started = time.perf_counter()
+        jax.block_until_ready(act(self.agent, observation, jax.random.fold_in(self._key, 0)))
+        return time.perf_counter() - started
+
     def request_stop(self, *_: Any) -> None:
         self._stop.set()
 
@@ -261,6 +271,9 @@ class Actor:
         try:
             self.report(f"actor '{acfg.actor_id}' connecting to {self.client.endpoint}; episodes go to "
                         f"{self.store.directory}")
+            # While the link comes up: the first control step must not wait for a compile.
+            self.report(f"actor '{acfg.actor_id}': policy compiled in {self.warm_up():.1f} s, before the first "
+                        "control step")
             if not self._wait(lambda: self.client.params_version >= 0, "first parameters from the learner", status,
                               acfg.first_params_timeout_s):
                 if self._stop.is_set():
