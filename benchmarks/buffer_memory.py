@@ -1,11 +1,15 @@
-"""Replay-buffer memory per stored transition and sampling throughput.
+"""Replay-buffer memory per stored transition and sampling throughput, frames alone and with the
+learner's frozen-feature cache attached.
 
-    .venv/bin/python benchmarks/buffer_memory.py [--capacity 5050] [--batch 256]
+    .venv/bin/python benchmarks/buffer_memory.py [--capacity 5050] [--cached-capacity 1020] [--batch 256]
 
-Fills a buffer with two 128x128 uint8 cameras plus the 19-D state, for several episode lengths,
-and prints bytes per transition against the target of 1.05 x (one uint8 frame per camera per
-step), then the sampling rate of batch-256 batches (with frames, and features-only when a frozen
-encoder's features are cached).
+Part 1 fills a buffer with two 128x128 uint8 cameras plus the 19-D state, for several episode
+lengths, and prints bytes per transition against 1.05 x one uint8 frame per camera per step.
+Part 2 is the learner's configuration: the default agent (ResNet-10 frozen backbone) on the same
+observations, its real feature function attached before the buffer fills (as `franka-rl learner`
+does), so every frame is encoded and cached as the learner caches it (4x4x512 per camera, stored
+float16). It prints bytes per transition against 1.35 x one frame per camera, the resident memory
+of 100k transitions at that rate, and the sampling rate with frames and features-only batches.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import time
 import numpy as np
 
 from agent.config import AgentConfig
+from agent.core import agent_encode_frames, create_agent
 from agent.data import ReplayBuffer
 from agent.data.synthetic import synthetic_episode
 from franka_rl.assemble import reward_shaping
@@ -44,6 +49,8 @@ def rate(buffer: ReplayBuffer, batch: int, frames: bool, seconds: float = 2.0) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--capacity", type=int, default=5050, help="slots (observations) in the ring")
+    parser.add_argument("--cached-capacity", type=int, default=1020,
+                        help="slots of the buffer with the feature cache (each frame is encoded once)")
     parser.add_argument("--batch", type=int, default=256)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
@@ -63,13 +70,33 @@ def main() -> None:
 
     assert buffer is not None
     print()
-    print(f"{'sampling (batch ' + str(args.batch) + ')':>28} | {'batches/s':>9} | {'transitions/s':>13}")
-    print("-" * 58)
     with_frames = rate(buffer, args.batch, frames=True)
-    print(f"{'frames (uint8, s and next s)':>28} | {with_frames:>9.1f} | {with_frames * args.batch:>13.0f}")
-    buffer.set_feature_fn(lambda frames: frames.reshape(len(frames), -1)[:, :512].astype(np.float32))
-    features = rate(buffer, args.batch, frames=False)
-    print(f"{'cached features (512/camera)':>28} | {features:>9.1f} | {features * args.batch:>13.0f}")
+
+    agent = create_agent(AgentConfig(), {k: np.zeros(shape, dtype) for k, (shape, dtype) in spec.items()}, 6)
+    print("with the learner's feature cache (default agent: real ResNet-10 features, encoded as the learner does)")
+    for length in (50, 100):  # 100: the peg-insertion task's task.max_episode_steps
+        slots = args.cached_capacity // (length + 1) * (length + 1)  # a full ring, as in a long run
+        cached = ReplayBuffer(spec, 6, slots, shaping=reward_shaping(AgentConfig()),
+                              feature_fn=lambda frames: np.asarray(agent_encode_frames(agent, frames)))
+        started = time.perf_counter()
+        fill(cached, length, rng)
+        encode_s = time.perf_counter() - started
+        features = cached.sample(1, rng, frames=False)["observations"][f"{CAMERAS[0]}_features"]
+        per = cached.nbytes / cached.num_transitions
+        ratio = per / (FRAME_BYTES * len(CAMERAS))
+        print(f"  episodes of {length}: features {features.shape[1:]} {features.dtype}; {cached.num_transitions} "
+              f"transitions encoded in {encode_s:.0f} s; bytes/transition {per:.0f} = {ratio:.3f} x one uint8 "
+              f"frame per camera: {'ok' if ratio <= 1.35 else 'OVER'} (target <= 1.35)")
+        print(f"  resident replay memory at 100k such transitions: {per * 100_000 / 2**30:.1f} GiB "
+              f"(200k: {per * 200_000 / 2**30:.1f} GiB)")
+    cached_frames = rate(cached, args.batch, frames=True)
+    cached_features = rate(cached, args.batch, frames=False)
+    print()
+    print(f"{'sampling (batch ' + str(args.batch) + ')':>34} | {'batches/s':>9} | {'transitions/s':>13}")
+    print("-" * 64)
+    for name, value in (("frames only (no cache)", with_frames), ("cache attached, frames too", cached_frames),
+                        ("cache attached, features only", cached_features)):
+        print(f"{name:>34} | {value:>9.1f} | {value * args.batch:>13.0f}")
 
 
 if __name__ == "__main__":

@@ -69,6 +69,25 @@ def test_feature_cache_gives_the_same_loss_and_gradients():
     assert any(np.abs(np.asarray(g)).max() > 0 for g in jax.tree.leaves(head))
 
 
+def test_float16_cached_features_give_the_float32_loss_and_gradients_to_half_precision():
+    """The replay buffer stores cached features as float16 (agent/data/replay_buffer.py); the
+    update from them is the float32 one to float16's rounding of the inputs."""
+    agent = create_agent(_cfg(), _example(), 3)
+    batch = _batch(np.random.default_rng(1))
+    cached = {dtype: dict(batch) for dtype in (np.float32, np.float16)}
+    for field in ("observations", "next_observations"):
+        maps = {cam: np.asarray(agent_encode_frames(agent, batch[field][cam])) for cam in ("wrist_1", "wrist_2")}
+        for dtype in cached:
+            cached[dtype][field] = {**batch[field], **{cam: m.astype(dtype) for cam, m in maps.items()}}
+    assert cached[np.float16]["observations"]["wrist_1"].dtype == np.float16
+    loss32, grads32, _ = critic_loss_and_grads(agent, cached[np.float32])
+    loss16, grads16, _ = critic_loss_and_grads(agent, cached[np.float16])
+    assert float(loss16) == pytest.approx(float(loss32), rel=5e-3)
+    for g32, g16 in zip(jax.tree.leaves(grads32), jax.tree.leaves(grads16), strict=True):
+        scale = float(np.abs(np.asarray(g32)).max()) + 1e-6
+        assert float(np.abs(np.asarray(g16) - np.asarray(g32)).max()) <= 2e-2 * scale
+
+
 def test_trainable_backbone_with_augmentation_trains_the_backbone():
     cfg = _cfg(freeze_backbone=False, augment=True)
     cfg.cql.enabled = False

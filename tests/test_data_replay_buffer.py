@@ -191,6 +191,22 @@ def test_feature_cache_is_filled_once_per_frame_and_sampled():
                                       encode(frame[step[i] + 1][None])[0])
 
 
+def test_cached_features_are_stored_as_float16_and_an_overflow_is_refused():
+    rng = np.random.default_rng(0)
+    episode = synthetic_episode(rng, 5, cameras=("wrist_1",), image_size=4)
+    buffer = make_buffer(20, feature_fn=lambda frames: frames.reshape(len(frames), 2, 2, 12) / 7.0)
+    buffer.add_episode_record(episode)
+    stored = buffer.sample(4, rng, frames=False)["observations"]["wrist_1_features"]
+    assert stored.dtype == np.float16 and stored.shape == (4, 2, 2, 12)
+    wide = make_buffer(20, feature_fn=lambda frames: np.full((len(frames), 4), 1e6, np.float32))
+    with pytest.raises(ValueError, match="beyond float16's range"):
+        wide.add_episode_record(episode)
+    exact = make_buffer(20, feature_fn=lambda frames: np.full((len(frames), 4), 1e6, np.float32),
+                        feature_dtype=np.float32)
+    exact.add_episode_record(episode)
+    assert exact.sample(2, rng, frames=False)["observations"]["wrist_1_features"].dtype == np.float32
+
+
 def test_save_load_and_build_from_store(tmp_path):
     rng = np.random.default_rng(0)
     store = EpisodeStore(tmp_path / "eps", create=True)
