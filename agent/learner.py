@@ -623,7 +623,8 @@ class Learner:
         for key, (shape, dtype) in self.spec.items():
             if self.feature_cache and key in self.agent.spec.image_keys:
                 features = np.asarray(self.feature_fn(np.zeros((1, *shape), dtype)))
-                observations[key] = np.zeros((*lead, *features.shape[1:]), features.dtype)
+                # The dtype the buffer stores (float16), not the backbone's: no second compile later.
+                observations[key] = np.zeros((*lead, *features.shape[1:]), self.buffer.feature_dtype)
             else:
                 observations[key] = np.zeros((*lead, *shape), dtype)
         batches = {

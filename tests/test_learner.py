@@ -217,7 +217,11 @@ def test_camera_learner_caches_backbone_features_and_trains_on_them(tmp_path):
     c.next_observations["wrist_1"] = rng.integers(0, 255, (steps, 32, 32, 3), dtype=np.uint8)
     c.first_observation["wrist_1"] = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
     assert deliver(learner, "a0/x", 1, c)
+    assert learner.buffer.sample(2, rng, frames=False)["observations"]["wrist_1_features"].dtype == np.float16
+    learner.compile_update()  # with the cached features' dtype: the real batches reuse it
+    compiled = learner_step._cache_size()
     assert np.isfinite(learner.update()["critic_loss"])
+    assert learner_step._cache_size() == compiled
     assert not any(k.startswith("backbone") for k in export_acting_params(learner.agent))
     learner.server.close()
 
