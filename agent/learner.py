@@ -76,6 +76,10 @@ class LearnerError(UserError, RuntimeError):
 
 # Stored values beyond these magnitudes are named when updates turn non-finite.
 _SUSPECT_OBSERVATION = 1e6
+# The learner's pace is judged over windows this long (wall seconds after the warm-up gate); a
+# learner running fewer than PACE_TOLERANCE of the steps the arriving data needs is behind.
+PACE_WINDOW_S = 30.0
+PACE_TOLERANCE = 0.9
 _SUSPECT_REWARD = 1e6
 
 
@@ -266,6 +270,8 @@ class Learner:
         self._published_after_warmup = False
         self._next_checkpoint_try = 0.0  # after a refused checkpoint: not before this (monotonic s)
         self._metrics_failing = False
+        self._pace_mark: tuple[float, int, int] | None = None  # (time, transitions, steps) of the window start
+        self.behind = ""  # set (and said once) when the learner cannot keep up with the actors
 
     # ------------------------------------------------------------------ construction helpers
 
@@ -528,6 +534,68 @@ class Learner:
         since_gate = self.online_transitions - self.agent_cfg.online.warmup_steps
         return self.counters.steps < math.ceil(rate * max(since_gate, 1))
 
+    @property
+    def target_steps_per_transition(self) -> float:
+        """Learner steps each stored transition asks for: `learner.steps_per_transition`, or one
+        (agent.sac.utd critic updates per env step, the UTD the agent is configured for) when it
+        is 0 (as fast as the device allows)."""
+        return self.lcfg.steps_per_transition or 1.0
+
+    def updates_per_transition(self) -> float:
+        """Achieved critic updates per online transition since the warm-up gate (the real UTD)."""
+        since_gate = self.online_transitions - self.agent_cfg.online.warmup_steps
+        return self.counters.steps * self.agent_cfg.sac.utd / since_gate if since_gate > 0 else float("nan")
+
+    def check_pace(self) -> str:
+        """Once per PACE_WINDOW_S after the gate: compare the learner steps run with those the
+        arriving transitions need. The first time it falls short, say so once, in words (rates,
+        device, GFLOP per step, the UTD reached) and keep the text in `behind`. Returns it."""
+        if self.behind or not self.warmup_done or (self.lcfg.max_steps and self.counters.steps >= self.lcfg.max_steps):
+            return self.behind
+        now = time.monotonic()
+        mark = (now, self.online_transitions, self.counters.steps)
+        if self._pace_mark is None:
+            self._pace_mark = mark
+            return ""
+        started, transitions, steps = self._pace_mark
+        if now - started < PACE_WINDOW_S:
+            return ""
+        self._pace_mark = mark
+        arrived = (mark[1] - transitions) / (now - started)
+        ran = (mark[2] - steps) / (now - started)
+        needed = arrived * self.target_steps_per_transition
+        if arrived <= 0 or ran >= PACE_TOLERANCE * needed:
+            return ""
+        sac = self.agent_cfg.sac
+        device = jax.devices()[0].platform
+        cost = self._gflop_per_step()
+        self.behind = (
+            f"learner: cannot keep up: the actors deliver {arrived:.1f} transitions/s, which at "
+            f"{self.target_steps_per_transition:g} learner step(s) per transition (each agent.sac.utd={sac.utd} critic "
+            f"updates, batch {sac.batch_size}) needs {needed:.1f} learner steps/s; this {device} device runs "
+            f"{ran:.2f}{f' at {cost:.1f} GFLOP per step' if cost else ''}, so the data gets "
+            f"{ran / arrived * sac.utd:.2f} critic updates per transition instead of "
+            f"{self.target_steps_per_transition * sac.utd:g}. Train on a GPU (learner.device=gpu), or lower "
+            "agent.sac.batch_size, the image size or the number of cameras; the actors are not slowed")
+        self.report(self.behind)
+        return self.behind
+
+    def _gflop_per_step(self) -> float:
+        """The compiled learner step's floating-point work from XLA's cost analysis (0 if unknown)."""
+        try:
+            sac = self.agent_cfg.sac
+            batches = sample_batches(
+                self.buffer, self.offline, self.rng, sac.batch_size, sac.utd, self.agent_cfg.online.offline_ratio,
+                bootstrap_on_truncation=self.agent_cfg.reward.bootstrap_on_truncation, frames=not self.feature_cache)
+            step = getattr(self.learner_step, "_step", self.learner_step)
+            analysis = step.lower(self.agent, batches).cost_analysis()
+            if isinstance(analysis, list | tuple):
+                analysis = analysis[0] if analysis else {}
+            return float(analysis.get("flops", 0.0)) / 1e9
+        except Exception:  # an estimate for a message: never a reason to stop training
+            log.debug("no cost analysis of the learner step", exc_info=True)
+            return 0.0
+
     def can_update(self) -> bool:
         return (self.warmup_done and self.buffer.num_transitions > 0 and self._step_budget_left()
                 and (self.lcfg.max_steps == 0 or self.counters.steps < self.lcfg.max_steps))
@@ -763,6 +831,8 @@ class Learner:
             "open_episodes_evicted": self.counters.evicted,
             "streams_refused": self.counters.refused_streams,
             "learner_steps_per_s": steps_per_s,
+            "updates_per_transition": self.updates_per_transition(),
+            "target_updates_per_transition": self.target_steps_per_transition * self.agent_cfg.sac.utd,
             "buffer_transitions": self.buffer.num_transitions,
             "quarantined_episodes": self.counters.quarantined_episodes,
             "checkpoint_failures": self.counters.checkpoint_failures,
@@ -806,6 +876,7 @@ class Learner:
                 if due and self._dirty and time.monotonic() >= self._next_checkpoint_try \
                         and not self.counters.nonfinite_streak:
                     self.try_checkpoint()
+                self.check_pace()
                 if status is not None and time.monotonic() - last_status >= lcfg.status_interval_s:
                     status.update(self.status_text(), force=True)
                     last_status = time.monotonic()

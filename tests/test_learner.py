@@ -2,6 +2,8 @@
 offline mixing, the NaN guard (more in tests/test_faults.py), and which parameters travel to the
 actors."""
 
+import time
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -46,7 +48,8 @@ def close_learners():
 
 
 def make_learner(cfg, **kw):
-    learner = build_learner(cfg, report=lambda message: None, **kw)
+    kw.setdefault("report", lambda message: None)
+    learner = build_learner(cfg, **kw)
     _OPEN_LEARNERS.append(learner)
     return learner
 
@@ -295,3 +298,35 @@ def test_a_resumed_buffer_saved_under_another_reward_shaping_is_refused(tmp_path
     learner.server.close()
     with pytest.raises(LearnerError, match="reward shaping"):
         make_learner(config(tmp_path, "agent.reward.bias=0.0"))
+
+
+def test_a_learner_that_cannot_keep_up_says_so_once_with_rates_device_and_the_utd_reached(tmp_path):
+    lines: list[str] = []
+    learner = make_learner(config(tmp_path, "agent.sac.utd=2"), report=lines.append)
+    assert deliver(learner, "a0/x", 1, chunk(0, 0, 5, end=True))
+    assert deliver(learner, "a0/x", 2, chunk(1, 0, 5, end=True))
+    assert learner.warmup_done and learner.update() is not None
+    assert learner.check_pace() == ""  # opens the first window
+    started, transitions, steps = learner._pace_mark
+    # 30 transitions arrived over the last 31 s; the learner ran 1 step: far behind one per transition.
+    learner._pace_mark = (started - 31.0, transitions - 30, steps - 1)
+    text = learner.check_pace()
+    assert text and text in lines and "\n" not in text
+    assert "cannot keep up" in text and "transitions/s" in text and "GFLOP per step" in text
+    assert f"this {jax.devices()[0].platform} device" in text and "instead of 2" in text
+    assert "learner.device=gpu" in text
+    learner._pace_mark = (time.monotonic() - 31.0, 0, 0)
+    assert learner.check_pace() == text and lines.count(text) == 1  # said once
+    assert learner.updates_per_transition() == pytest.approx(1 * 2 / (10 - 6))
+    learner.server.close()
+
+
+def test_a_learner_that_keeps_up_says_nothing(tmp_path):
+    lines: list[str] = []
+    learner = make_learner(config(tmp_path), report=lines.append)
+    assert deliver(learner, "a0/x", 1, chunk(0, 0, 7, end=True))
+    assert learner.check_pace() == ""
+    started, transitions, steps = learner._pace_mark
+    learner._pace_mark = (started - 31.0, transitions - 30, steps - 30)  # one step per transition
+    assert learner.check_pace() == "" and not learner.behind
+    learner.server.close()
