@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from collections import deque
@@ -78,6 +79,10 @@ class LearnerError(UserError, RuntimeError):
 _SUSPECT_OBSERVATION = 1e6
 # The learner's pace is judged over windows this long (wall seconds after the warm-up gate); a
 # learner running fewer than PACE_TOLERANCE of the steps the arriving data needs is behind.
+# A replay buffer that would take more than this share of the memory available is refused; more
+# than MEMORY_WARN_SHARE of it is a warning (the arrays fill as data arrives: page by page).
+MEMORY_REFUSE_SHARE = 0.95
+MEMORY_WARN_SHARE = 0.8
 PACE_WINDOW_S = 30.0
 PACE_TOLERANCE = 0.9
 _SUSPECT_REWARD = 1e6
@@ -128,6 +133,25 @@ class DataStats:
         if self.observation > _SUSPECT_OBSERVATION:
             found.append(f"observations up to |{self.observation:.3g}|")
         return found
+
+def available_memory() -> int:
+    """Bytes of memory this machine can give without swapping (MemAvailable), 0 if unknown."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.1f} GiB"
+
 
 # ------------------------------------------------------------------------------------ bookkeeping
 
@@ -236,6 +260,7 @@ class Learner:
             self._resume(feature_fn)
         else:
             self.buffer = new_buffer(self.spec, self.action_dim, lcfg.buffer_capacity, feature_fn=feature_fn)
+        self._check_memory()
         self._episode_streams: dict[int, str] = {}  # buffer episode id -> the stream that sent it
         self._last_stream = ""
         self.offline_data = DataStats()
@@ -274,6 +299,28 @@ class Learner:
         self.behind = ""  # set (and said once) when the learner cannot keep up with the actors
 
     # ------------------------------------------------------------------ construction helpers
+
+    def _check_memory(self) -> None:
+        """Refuse (or warn about) a replay buffer that would not fit this machine's memory once
+        full, naming the bytes and a capacity that fits: before any data arrives, not at 3 a.m."""
+        buffer = self.buffer
+        feature_nbytes = 0
+        if buffer.has_features and buffer.feature_keys:
+            shape, dtype = self.spec[buffer.feature_keys[0]]
+            sample = np.asarray(self.feature_fn(np.zeros((1, *shape), dtype)))
+            feature_nbytes = int(np.prod(sample.shape[1:])) * buffer.feature_dtype.itemsize
+        per_slot = buffer.slot_nbytes(feature_nbytes)
+        needed = per_slot * (buffer.capacity - buffer.size)  # the filled part is resident already
+        available = available_memory()
+        if not available or needed <= MEMORY_WARN_SHARE * available:
+            return
+        fits = int(MEMORY_WARN_SHARE * available // per_slot) + buffer.size
+        text = (f"learner.buffer_capacity={self.lcfg.buffer_capacity} needs {_gib(per_slot * buffer.capacity)} once "
+                f"full ({per_slot} bytes per transition{' with the feature cache' if feature_nbytes else ''}); this "
+                f"machine has {_gib(available)} available")
+        if needed > MEMORY_REFUSE_SHARE * available:
+            raise LearnerError(f"{text}: set learner.buffer_capacity <= {fits} (or free memory)")
+        self.report(f"warning: {text}: it will use most of it; learner.buffer_capacity={fits} leaves a fifth free")
 
     def _make_feature_fn(self) -> Callable[[np.ndarray], np.ndarray]:
         # Reads self.agent at call time: after a resume that is the restored agent.

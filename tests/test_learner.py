@@ -330,3 +330,27 @@ def test_a_learner_that_keeps_up_says_nothing(tmp_path):
     learner._pace_mark = (started - 31.0, transitions - 30, steps - 30)  # one step per transition
     assert learner.check_pace() == "" and not learner.behind
     learner.server.close()
+
+
+def test_a_buffer_that_cannot_fit_in_memory_is_refused_naming_the_key_bytes_and_a_capacity_that_fits(
+        tmp_path, monkeypatch):
+    import agent.learner as learner_module
+
+    cfg = config(tmp_path, "env.cameras=[wrist_1]", "env.image_height=32", "env.image_width=32",
+                 "agent.encoder.image_head_dim=16", "agent.encoder.spatial_features=2",
+                 "learner.buffer_capacity=100000")
+    # One slot: a 32x32x3 frame, its float16 1x1x512 feature map, the state, action and flags.
+    monkeypatch.setattr(learner_module, "available_memory", lambda: 100 * 2**20)
+    with pytest.raises(LearnerError) as refused:
+        make_learner(cfg)
+    text = str(refused.value)
+    assert "learner.buffer_capacity=100000 needs" in text and "GiB once full" in text and "100 MiB" not in text
+    assert "with the feature cache" in text and "0.1 GiB available" in text and "\n" not in text
+    fits = int(text.rsplit("learner.buffer_capacity <= ", 1)[1].split()[0])
+    per_slot = int(text.split("(", 1)[1].split()[0])
+    assert 3072 + 1024 < per_slot < 3072 + 1024 + 200 and fits == int(0.8 * 100 * 2**20 // per_slot)
+    lines: list[str] = []
+    monkeypatch.setattr(learner_module, "available_memory", lambda: int(per_slot * 100000 / 0.9))
+    learner = make_learner(cfg, report=lines.append)  # 90 % of what is available: a warning
+    assert any(line.startswith("warning: learner.buffer_capacity=100000 needs") for line in lines)
+    learner.server.close()

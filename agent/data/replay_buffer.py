@@ -188,6 +188,15 @@ class ReplayBuffer:
                   self._valid, self._episode_ids]
         return int(sum(a.nbytes for a in arrays))
 
+    def slot_nbytes(self, feature_nbytes: int = 0) -> int:
+        """Bytes one slot takes once filled: every per-slot array, plus `feature_nbytes` per
+        feature key for a cache not filled yet (its arrays are allocated on the first encode)."""
+        arrays = [*self._obs.values(), *self._features.values(), self._actions, self._raw_rewards,
+                  self._terminated, self._truncated, self._intervened, self._mc_returns,
+                  self._valid, self._episode_ids]
+        missing = [k for k in self.feature_keys if k not in self._features] if self._feature_fn is not None else []
+        return int(sum(a.nbytes for a in arrays) // self.capacity + feature_nbytes * len(missing))
+
     # ------------------------------------------------------------------ features
 
     def set_feature_fn(self, feature_fn: FeatureFn | None, *,
