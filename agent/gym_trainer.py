@@ -35,7 +35,14 @@ import numpy as np
 
 from agent.checkpoint import AgentCheckpointer
 from agent.config import AgentConfig
-from agent.core import Agent, create_agent, eval_actions, sample_actions
+from agent.core import (
+    Agent,
+    create_agent,
+    eval_actions,
+    frozen_feature_fn,
+    sample_actions,
+    uses_feature_cache,
+)
 from agent.data.episodes import Episode
 from agent.data.replay_buffer import BufferFactory, ReplayBuffer
 from agent.gym_env import agent_observations, make_gym_env, normalize_actions, source_spaces
@@ -161,9 +168,9 @@ def reward_kind_warning(rewards: np.ndarray, sparse: bool) -> str | None:
 
 
 def _buffer(new_buffer: BufferFactory, observation_space: gym.spaces.Dict, action_dim: int,
-            capacity: int) -> ReplayBuffer:
+            capacity: int, feature_fn: Callable[[np.ndarray], np.ndarray] | None = None) -> ReplayBuffer:
     spec = {k: (s.shape, s.dtype) for k, s in observation_space.spaces.items()}
-    return new_buffer(spec, action_dim, capacity)
+    return new_buffer(spec, action_dim, capacity, feature_fn=feature_fn)
 
 
 # ------------------------------------------------------------------------------------------ acting
@@ -252,6 +259,14 @@ def train_gym(run: GymRun, cfg: AgentConfig, new_buffer: BufferFactory, seed: in
     run_dir = Path(run.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
 
+    example, _ = env.reset(seed=seed)
+    agent = create_agent(cfg, example, action_dim, seed=seed)
+    # Frozen image backbone: the buffers store each frame's features once (as the robot learner
+    # does), so the updates never run the backbone; frames stay in the buffer for the episodes.
+    feature_cache = uses_feature_cache(agent)
+    initial_agent = agent  # its frozen backbone is the one every later agent keeps
+    feature_fn = frozen_feature_fn(lambda: initial_agent) if feature_cache else None
+
     offline_buffer = None
     if run.offline_data:
         episodes = load_offline_episodes(run.offline_data, env, report=log)
@@ -259,14 +274,12 @@ def train_gym(run: GymRun, cfg: AgentConfig, new_buffer: BufferFactory, seed: in
         if warning:
             log(f"warning: {warning}")
         capacity = sum(len(e) + 1 for e in episodes)
-        offline_buffer = _buffer(new_buffer, env.observation_space, action_dim, capacity)
+        offline_buffer = _buffer(new_buffer, env.observation_space, action_dim, capacity, feature_fn)
         for episode in episodes:
             offline_buffer.add_episode_record(episode)
         log(f"offline data: {len(episodes)} episodes, {offline_buffer.num_transitions} transitions from "
             f"{run.offline_data}")
 
-    example, _ = env.reset(seed=seed)
-    agent = create_agent(cfg, example, action_dim, seed=seed)
     bootstrap = bool(cfg.reward.bootstrap_on_truncation)
     rng = np.random.default_rng(seed)
     checkpointer = AgentCheckpointer(run_dir / "checkpoints", max_to_keep=3)
@@ -291,7 +304,8 @@ def train_gym(run: GymRun, cfg: AgentConfig, new_buffer: BufferFactory, seed: in
             progress = _Progress(run.progress, run.offline_steps, f"offline {run.algo}", "update")
             try:
                 for step in range(1, run.offline_steps + 1):
-                    batch = sample_batches(None, offline_buffer, rng, batch_size, 1, 1.0, bootstrap_on_truncation=bootstrap)
+                    batch = sample_batches(None, offline_buffer, rng, batch_size, 1, 1.0, bootstrap_on_truncation=bootstrap,
+                                           frames=not feature_cache)
                     agent, metrics = update(agent, jax.tree.map(lambda x: x[0], batch))
                     offline_done = step
                     if step % run.log_every == 0 or step == run.offline_steps:
@@ -322,8 +336,8 @@ def train_gym(run: GymRun, cfg: AgentConfig, new_buffer: BufferFactory, seed: in
         else:
             frozen = None
             warmup = int(run.random_steps)
-        online_buffer = _buffer(new_buffer, env.observation_space, action_dim, min(run.buffer_capacity, run.env_steps + 2))\
-            if run.env_steps > 0 else None
+        online_buffer = _buffer(new_buffer, env.observation_space, action_dim, min(run.buffer_capacity, run.env_steps + 2),
+                                feature_fn) if run.env_steps > 0 else None
         mixing = offline_buffer is not None and cfg.online.offline_ratio != 0
         act_key = jax.random.PRNGKey(seed + 1)
         progress = _Progress(run.progress, run.env_steps, f"online {run.env_id}", "step")
@@ -360,7 +374,8 @@ def train_gym(run: GymRun, cfg: AgentConfig, new_buffer: BufferFactory, seed: in
                 ready = online_buffer.num_transitions > 0 or mixing
                 if ready and updates_allowed(step, warmup):
                     batches = sample_batches(online_buffer, offline_buffer if mixing else None, rng, batch_size,
-                                             utd, cfg.online.offline_ratio, bootstrap_on_truncation=bootstrap)
+                                             utd, cfg.online.offline_ratio, bootstrap_on_truncation=bootstrap,
+                                             frames=not feature_cache)
                     agent, metrics = learner_step(agent, batches)
                     if step % run.log_every == 0:
                         if frozen is not None:  # WSRL forgetting diagnostics (online states unless mixing)

@@ -265,3 +265,86 @@ def test_ctrl_c_keeps_a_checkpoint_and_the_metrics(tmp_path):
     assert AgentCheckpointer(run.run_dir / "checkpoints").all_steps() == [29]
     rows = read_metrics(run.run_dir / "metrics.jsonl")
     assert [r["step"] for r in rows if "train_episode/return" in r] == [10, 20]
+
+
+class _CameraEnv(gym.Env):
+    """A tiny image env: a 16x16 camera, a 2-vector `pos`; reward -|pos|; `success` when |pos| < 0.5.
+    `observation_space` may nest the vector in a sub-Dict (`nested=True`)."""
+
+    def __init__(self, nested: bool = False, success_key: str = "is_success", interrupt_after: int = 0):
+        camera = gym.spaces.Box(0, 255, (16, 16, 3), np.uint8)
+        pos = gym.spaces.Box(-5, 5, (2,), np.float32)
+        self.nested = nested
+        self.observation_space = gym.spaces.Dict(
+            {"camera": camera, "observation": gym.spaces.Dict({"robot": pos})} if nested
+            else {"camera": camera, "pos": pos})
+        self.action_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+        self.success_key, self.interrupt_after, self.steps = success_key, interrupt_after, 0
+        self.pos = np.zeros(2, np.float32)
+
+    def _obs(self):
+        camera = np.full((16, 16, 3), int(np.clip(128 + 20 * self.pos[0], 0, 255)), np.uint8)
+        return {"camera": camera, "observation": {"robot": self.pos.copy()}} if self.nested \
+            else {"camera": camera, "pos": self.pos.copy()}
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.pos = self.np_random.uniform(-2, 2, 2).astype(np.float32)
+        return self._obs(), {}
+
+    def step(self, action):
+        self.steps += 1
+        if self.interrupt_after and self.steps > self.interrupt_after:
+            raise KeyboardInterrupt
+        self.pos = np.clip(self.pos + 0.5 * np.asarray(action, np.float32), -5, 5)
+        distance = float(np.linalg.norm(self.pos))
+        return self._obs(), -distance, False, False, {self.success_key: distance < 0.5}
+
+
+gym.register("CameraTest-v0", entry_point=_CameraEnv, max_episode_steps=10)
+
+
+def _camera_config() -> AgentConfig:
+    cfg = tiny_config()
+    cfg.encoder.image_keys = ["camera"]
+    cfg.encoder.image_head_dim = 16
+    cfg.encoder.spatial_features = 4
+    cfg.sac.batch_size = 8
+    return cfg
+
+
+def test_image_env_updates_read_cached_features_and_never_the_backbone(tmp_path, monkeypatch):
+    import agent.gym_trainer as trainer
+
+    encoded, update_inputs = [], []
+    real_feature_fn, real_step = trainer.frozen_feature_fn, trainer.learner_step
+
+    def counting_feature_fn(get_agent):
+        inner = real_feature_fn(get_agent)
+
+        def fn(frames):
+            encoded.append(len(frames))
+            return inner(frames)
+        return fn
+
+    def recording_step(agent, batches):
+        update_inputs.append({k: (v.shape, v.dtype) for k, v in batches["observations"].items()})
+        return real_step(agent, batches)
+
+    monkeypatch.setattr(trainer, "frozen_feature_fn", counting_feature_fn)
+    monkeypatch.setattr(trainer, "learner_step", recording_step)
+    cfg = _camera_config()
+    run = GymRun(env_id="CameraTest-v0", run_dir=tmp_path / "run", env_steps=30, random_steps=10, eval_every=30,
+                 eval_episodes=1, log_every=10, progress=False)
+    summary = train_gym(run, cfg, buffer_factory(cfg), seed=0, log=lambda message: None)
+    assert len(update_inputs) == 21  # one learner step per env step from the last random one on
+    # The update sees the camera as cached backbone features (float32 maps), never as uint8 frames.
+    shape, dtype = update_inputs[0]["camera"]
+    assert dtype == np.float32 and shape[-1] == 512 and shape[-3:] != (16, 16, 3)
+    # The backbone ran only while storing frames (each stored frame once), never inside an update.
+    frames_encoded = sum(encoded)
+    assert 0 < frames_encoded <= 2 * 30 + 10
+    rows = read_metrics(run.run_dir / "metrics.jsonl")
+    losses = [r["train/critic_loss"] for r in rows if "train/critic_loss" in r]
+    assert losses and all(np.isfinite(losses))
+    assert summary["final_eval"]["step"] == 30
