@@ -114,6 +114,9 @@ def make_gym_env(env_id: str, seed: int | None = None, **kwargs) -> gym.Env:
             f"cannot make gymnasium env '{env_id}': {str(exc).rstrip('.')}. "
             "List the registered ids with `python -c \"import gymnasium; gymnasium.pprint_registry()\"`"
         ) from None
+    except TypeError as exc:  # a keyword argument the env does not take (--env-kwargs)
+        raise GymEnvError(f"cannot make gymnasium env '{env_id}' with keyword arguments {sorted(kwargs)} "
+                          f"(--env-kwargs): {exc}") from None
     except ModuleNotFoundError as exc:
         raise GymEnvError(f"gymnasium env '{env_id}' needs the module '{exc.name}', which is not installed") from None
     source_actions = check_action_space(env.action_space, env_id)

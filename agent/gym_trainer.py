@@ -25,7 +25,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,8 @@ class GymRun:
     # Override the env's registered time limit (None: keep it).
     max_episode_steps: int | None = None
     progress: bool = True
+    # Keyword arguments for gymnasium.make (--env-kwargs).
+    env_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
 
 def algo_overrides(algo: str) -> list[str]:
@@ -252,7 +254,7 @@ def train_gym(run: GymRun, cfg: AgentConfig, new_buffer: BufferFactory, seed: in
     if run.eval_every < 1 or run.eval_episodes < 1:
         raise TrainGymError("--eval-every and --eval-episodes must be at least 1")
 
-    limit = {"max_episode_steps": run.max_episode_steps} if run.max_episode_steps else {}
+    limit = {**run.env_kwargs, **({"max_episode_steps": run.max_episode_steps} if run.max_episode_steps else {})}
     env = make_gym_env(run.env_id, seed=seed, **limit)
     eval_env = make_gym_env(run.env_id, seed=seed + 1, **limit)
     action_dim = int(env.action_space.shape[0])

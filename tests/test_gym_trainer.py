@@ -348,3 +348,26 @@ def test_image_env_updates_read_cached_features_and_never_the_backbone(tmp_path,
     losses = [r["train/critic_loss"] for r in rows if "train/critic_loss" in r]
     assert losses and all(np.isfinite(losses))
     assert summary["final_eval"]["step"] == 30
+
+
+def test_env_kwargs_as_json_or_key_value_pairs_and_a_bad_value_is_one_line(tmp_path, capsys):
+    from franka_rl.commands.train_gym import parse_env_kwargs
+
+    assert parse_env_kwargs(['{"max_episode_steps": 50, "g": 9.5}']) == {"max_episode_steps": 50, "g": 9.5}
+    assert parse_env_kwargs(["a=1", "b=true", "c=name", "d=[1, 2]", "e=null"]) == \
+        {"a": 1, "b": True, "c": "name", "d": [1, 2], "e": None}
+    assert parse_env_kwargs(None) == {}
+    # key=value pairs reach gymnasium.make: episodes end at the given time limit.
+    out = tmp_path / "run"
+    assert main(["train-gym", "--env", "Pendulum-v1", "--steps", "20", "--random-steps", "20", "--eval-every", "20",
+                 "--eval-episodes", "1", "--no-progress", "--out", str(out), *TINY,
+                 "--env-kwargs", "max_episode_steps=10", "g=9.0"]) == 0
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["train_episode/length"] for r in rows if "train_episode/length" in r] == [10, 10]
+    capsys.readouterr()
+    for bad in (['{"g": 9.0'], ["[1, 2]"], ["novalue"], ["g=9", "=3"], ["no_such_kwarg=1"]):
+        assert main(["train-gym", "--env", "Pendulum-v1", "--out", str(tmp_path / "never"), "--env-kwargs", *bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert "--env-kwargs" in err, err
+    assert not (tmp_path / "never").exists()
