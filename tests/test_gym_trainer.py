@@ -263,6 +263,10 @@ def test_ctrl_c_keeps_a_checkpoint_and_the_metrics(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train_gym(run, tiny_config(), buffer_factory(tiny_config()), log=lambda message: None)
     assert AgentCheckpointer(run.run_dir / "checkpoints").all_steps() == [29]
+    # The summary and the learning curve are written too, and say the run was interrupted.
+    summary = json.loads((run.run_dir / "summary.json").read_text())
+    assert summary["interrupted"] is True and summary["env_steps"] == 29
+    assert (run.run_dir / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
     rows = read_metrics(run.run_dir / "metrics.jsonl")
     assert [r["step"] for r in rows if "train_episode/return" in r] == [10, 20]
 
@@ -271,19 +275,22 @@ class _CameraEnv(gym.Env):
     """A tiny image env: a 16x16 camera, a 2-vector `pos`; reward -|pos|; `success` when |pos| < 0.5.
     `observation_space` may nest the vector in a sub-Dict (`nested=True`)."""
 
-    def __init__(self, nested: bool = False, success_key: str = "is_success", interrupt_after: int = 0):
-        camera = gym.spaces.Box(0, 255, (16, 16, 3), np.uint8)
+    def __init__(self, nested: bool = False, success_key: str = "is_success", interrupt_after: int = 0,
+                 camera: bool = True):
+        camera_space = gym.spaces.Box(0, 255, (16, 16, 3), np.uint8) if camera else gym.spaces.Box(-1, 1, (1,))
         pos = gym.spaces.Box(-5, 5, (2,), np.float32)
         self.nested = nested
         self.observation_space = gym.spaces.Dict(
-            {"camera": camera, "observation": gym.spaces.Dict({"robot": pos})} if nested
-            else {"camera": camera, "pos": pos})
+            {"camera": camera_space, "observation": gym.spaces.Dict({"robot": pos})} if nested
+            else {"camera": camera_space, "pos": pos})
+        self.camera = camera
         self.action_space = gym.spaces.Box(-1, 1, (2,), np.float32)
         self.success_key, self.interrupt_after, self.steps = success_key, interrupt_after, 0
         self.pos = np.zeros(2, np.float32)
 
     def _obs(self):
-        camera = np.full((16, 16, 3), int(np.clip(128 + 20 * self.pos[0], 0, 255)), np.uint8)
+        camera = np.full((16, 16, 3), int(np.clip(128 + 20 * self.pos[0], 0, 255)), np.uint8) if self.camera \
+            else np.zeros(1, np.float32)
         return {"camera": camera, "observation": {"robot": self.pos.copy()}} if self.nested \
             else {"camera": camera, "pos": self.pos.copy()}
 
@@ -371,3 +378,20 @@ def test_env_kwargs_as_json_or_key_value_pairs_and_a_bad_value_is_one_line(tmp_p
         assert len(err.splitlines()) == 1 and "Traceback" not in err, err
         assert "--env-kwargs" in err, err
     assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("key", ["is_success", "success"])
+def test_evaluations_report_the_success_rate_the_env_gives(tmp_path, capsys, key):
+    gym.register(f"SuccessTest-{key}-v0", entry_point=_CameraEnv, max_episode_steps=5,
+                 kwargs={"camera": False, "success_key": key})
+    cfg = tiny_config()
+    run = GymRun(env_id=f"SuccessTest-{key}-v0", run_dir=tmp_path / "run", env_steps=10, random_steps=10,
+                 eval_every=5, eval_episodes=2, progress=False)
+    summary = train_gym(run, cfg, buffer_factory(cfg), seed=0)
+    rates = [r["eval/success_rate"] for r in read_metrics(run.run_dir / "metrics.jsonl") if "eval/success_rate" in r]
+    assert len(rates) == 2 and all(r in (0.0, 0.5, 1.0) for r in rates)
+    assert summary["final_success_rate"] == rates[-1] and summary["evaluations"][-1]["success_rate"] == rates[-1]
+    assert summary["interrupted"] is False
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("eval at env step")]
+    assert len(printed) == 2 and "success rate" in printed[-1]
+    assert json.loads((run.run_dir / "summary.json").read_text())["final_success_rate"] == rates[-1]

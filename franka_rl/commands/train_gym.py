@@ -133,7 +133,9 @@ def run(args: argparse.Namespace) -> int:
     final = summary["final_eval"]
     if final:
         print(f"final evaluation return {final['return_mean']:.1f} ± {final['return_std']:.1f} "
-              f"(best {summary['best_eval_return']:.1f}) after {summary['env_steps']} env steps, "
+              f"(best {summary['best_eval_return']:.1f})"
+              + (f", success rate {summary['final_success_rate']:.0%}" if summary["final_success_rate"] is not None else "")
+              + f" after {summary['env_steps']} env steps, "
               f"{summary['offline_steps']} offline updates, {summary['wall_time_s']:.0f} s")
     print(f"run directory: {out} (metrics.jsonl, learning_curve.png, checkpoints/)")
     return 0
