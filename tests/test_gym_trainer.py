@@ -395,3 +395,22 @@ def test_evaluations_report_the_success_rate_the_env_gives(tmp_path, capsys, key
     printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("eval at env step")]
     assert len(printed) == 2 and "success rate" in printed[-1]
     assert json.loads((run.run_dir / "summary.json").read_text())["final_success_rate"] == rates[-1]
+
+
+def test_nested_dict_observations_are_flattened_with_joined_key_names(tmp_path):
+    gym.register("NestedCameraTest-v0", entry_point=_CameraEnv, max_episode_steps=5, kwargs={"nested": True})
+    env = make_gym_env("NestedCameraTest-v0", seed=0)
+    assert set(env.observation_space.spaces) == {"camera", "state"}
+    obs, _ = env.reset(seed=0)
+    assert obs["camera"].shape == (16, 16, 3) and obs["camera"].dtype == np.uint8
+    np.testing.assert_array_equal(obs["state"], env.unwrapped.pos)
+    # Two levels deep, images kept under their joined name, vectors concatenated in joined-key order.
+    space = gym.spaces.Dict({"b": gym.spaces.Box(-1, 1, (1,)), "a": gym.spaces.Dict({
+        "cam": gym.spaces.Box(0, 255, (8, 8, 3), np.uint8),
+        "inner": gym.spaces.Dict({"x": gym.spaces.Box(-1, 1, (2,))})})})
+    nested = {"b": np.array([3.0]), "a": {"cam": np.ones((8, 8, 3), np.uint8), "inner": {"x": np.array([1.0, 2.0])}}}
+    out = agent_observations(nested, space)
+    assert set(out) == {"a/cam", "state"} and out["a/cam"].dtype == np.uint8
+    np.testing.assert_array_equal(out["state"], [1.0, 2.0, 3.0])  # a/inner/x before b
+    flat = {"b": np.array([3.0]), "a/cam": np.ones((8, 8, 3), np.uint8), "a/inner/x": np.array([1.0, 2.0])}
+    np.testing.assert_array_equal(agent_observations(flat, space)["state"], out["state"])  # stored episodes
