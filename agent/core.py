@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -301,6 +302,12 @@ def agent_encode_frames(agent: Agent, frames_uint8: np.ndarray | jax.Array) -> j
     if not agent.spec.encoder.freeze_backbone:
         raise AgentConfigError("features can only be cached for a frozen backbone (agent.encoder.freeze_backbone)")
     return _encode_with(agent, jnp.asarray(frames_uint8, jnp.uint8))
+
+
+def frozen_feature_fn(get_agent: Callable[[], Agent]) -> Callable[[np.ndarray], np.ndarray]:
+    """A replay buffer's `feature_fn` for the feature cache: the frozen backbone of `get_agent()`,
+    read at call time (the learner passes its current agent, so a restored one after a resume)."""
+    return lambda frames: np.asarray(agent_encode_frames(get_agent(), frames))
 
 
 def uses_feature_cache(agent: Agent) -> bool:

@@ -4,7 +4,8 @@ The agent reads dict observations (`state` vector plus uint8 camera frames, see 
 and emits actions in [-1, 1]. `make_gym_env` adapts a registered env to that:
 - a flat Box observation becomes {"state": float32 vector};
 - a Dict observation keeps its (H, W, 3) uint8 entries as images and concatenates every other
-  entry, flattened, in sorted key order, into "state";
+  entry, flattened, in sorted key order, into "state"; a Dict nested in it is flattened first,
+  its entries named with KEY_SEPARATOR ("observation/robot", "observation/camera");
 - the policy's [-1, 1] actions are rescaled affinely to the env's Box bounds (Pendulum: [-2, 2]).
 
 Offline data recorded in the env's own units goes through the same mapping with
@@ -25,6 +26,35 @@ class GymEnvError(UserError, ValueError):
     """An env id or env that train-gym cannot use; the message says what to do."""
 
 
+#: Joins the keys of a nested Dict observation: {"observation": {"robot": ...}} -> "observation/robot".
+KEY_SEPARATOR = "/"
+
+
+def flatten_space(space: gym.spaces.Dict, prefix: str = "") -> gym.spaces.Dict:
+    """A Dict space with every nested Dict replaced by its entries under joined key names."""
+    out: dict[str, gym.Space] = {}
+    for key, sub in space.spaces.items():
+        name = f"{prefix}{key}"
+        if isinstance(sub, gym.spaces.Dict):
+            out.update(flatten_space(sub, name + KEY_SEPARATOR).spaces)
+        else:
+            out[name] = sub
+    return gym.spaces.Dict(out)
+
+
+def _flatten_observation(observations: Mapping, space: gym.spaces.Dict, prefix: str = "") -> dict:
+    out = {}
+    for key, sub in space.spaces.items():
+        name = f"{prefix}{key}"
+        if not isinstance(sub, gym.spaces.Dict):
+            out[name] = observations[name] if name in observations else observations[key]
+        elif isinstance(observations.get(key), Mapping):  # nested as the env gives it
+            out.update(_flatten_observation(observations[key], sub, name + KEY_SEPARATOR))
+        else:  # already flat (e.g. stored episodes): joined names at this level
+            out.update(_flatten_observation(observations, sub, name + KEY_SEPARATOR))
+    return out
+
+
 def is_image(shape: tuple[int, ...], dtype: np.dtype) -> bool:
     return np.dtype(dtype) == np.uint8 and len(shape) == 3 and shape[-1] == 3
 
@@ -38,6 +68,7 @@ def agent_observation_space(space: gym.Space) -> gym.spaces.Dict:
     if isinstance(space, gym.spaces.Box):
         return gym.spaces.Dict({"state": gym.spaces.Box(-np.inf, np.inf, (int(np.prod(space.shape)),), np.float32)})
     if isinstance(space, gym.spaces.Dict):
+        space = flatten_space(space)
         out: dict[str, gym.Space] = {}
         state_size = 0
         for key, sub in space.spaces.items():
@@ -63,6 +94,8 @@ def agent_observations(observations: np.ndarray | Mapping[str, np.ndarray], spac
         return {"state": array.reshape(*lead, -1)}
     if not isinstance(observations, Mapping):
         raise GymEnvError(f"expected a dict observation for a Dict space, got {type(observations).__name__}")
+    if any(isinstance(sub, gym.spaces.Dict) for sub in space.spaces.values()):
+        observations, space = _flatten_observation(observations, space), flatten_space(space)
     out: dict[str, np.ndarray] = {}
     parts = []
     for key in _state_keys(space):
@@ -114,6 +147,9 @@ def make_gym_env(env_id: str, seed: int | None = None, **kwargs) -> gym.Env:
             f"cannot make gymnasium env '{env_id}': {str(exc).rstrip('.')}. "
             "List the registered ids with `python -c \"import gymnasium; gymnasium.pprint_registry()\"`"
         ) from None
+    except TypeError as exc:  # a keyword argument the env does not take (--env-kwargs)
+        raise GymEnvError(f"cannot make gymnasium env '{env_id}' with keyword arguments {sorted(kwargs)} "
+                          f"(--env-kwargs): {exc}") from None
     except ModuleNotFoundError as exc:
         raise GymEnvError(f"gymnasium env '{env_id}' needs the module '{exc.name}', which is not installed") from None
     source_actions = check_action_space(env.action_space, env_id)

@@ -25,7 +25,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,14 @@ import numpy as np
 
 from agent.checkpoint import AgentCheckpointer
 from agent.config import AgentConfig
-from agent.core import Agent, create_agent, eval_actions, sample_actions
+from agent.core import (
+    Agent,
+    create_agent,
+    eval_actions,
+    frozen_feature_fn,
+    sample_actions,
+    uses_feature_cache,
+)
 from agent.data.episodes import Episode
 from agent.data.replay_buffer import BufferFactory, ReplayBuffer
 from agent.gym_env import agent_observations, make_gym_env, normalize_actions, source_spaces
@@ -91,6 +98,8 @@ class GymRun:
     # Override the env's registered time limit (None: keep it).
     max_episode_steps: int | None = None
     progress: bool = True
+    # Keyword arguments for gymnasium.make (--env-kwargs).
+    env_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
 
 def algo_overrides(algo: str) -> list[str]:
@@ -161,9 +170,9 @@ def reward_kind_warning(rewards: np.ndarray, sparse: bool) -> str | None:
 
 
 def _buffer(new_buffer: BufferFactory, observation_space: gym.spaces.Dict, action_dim: int,
-            capacity: int) -> ReplayBuffer:
+            capacity: int, feature_fn: Callable[[np.ndarray], np.ndarray] | None = None) -> ReplayBuffer:
     spec = {k: (s.shape, s.dtype) for k, s in observation_space.spaces.items()}
-    return new_buffer(spec, action_dim, capacity)
+    return new_buffer(spec, action_dim, capacity, feature_fn=feature_fn)
 
 
 # ------------------------------------------------------------------------------------------ acting
@@ -175,22 +184,50 @@ def _explore(agent: Agent, observation: dict, key: jax.Array) -> tuple[jax.Array
     return sample_actions(agent, jax.tree.map(lambda x: x[None], observation), sub)[0], key
 
 
+def episode_success(info: Mapping[str, Any]) -> bool | None:
+    """The env's success flag of an episode's last step: `info["is_success"]`, else `info["success"]`;
+    None when the env gives neither."""
+    for key in ("is_success", "success"):
+        if key in info:
+            return bool(np.asarray(info[key]).any())
+    return None
+
+
 def evaluate(agent: Agent, env: gym.Env, episodes: int, seed: int) -> dict[str, float]:
-    """Mean/std of the env's own return over `episodes` with the deterministic (mean) policy."""
-    returns, lengths = [], []
+    """Mean/std of the env's own return over `episodes` with the deterministic (mean) policy, and
+    `success_rate` (see `episode_success`) when the env reports success."""
+    returns, lengths, successes = [], [], []
     for i in range(episodes):
         obs, _ = env.reset(seed=seed + i)
-        total, steps, done = 0.0, 0, False
+        total, steps, done, info = 0.0, 0, False, {}
         while not done:
             action = np.asarray(eval_actions(agent, jax.tree.map(lambda x: x[None], obs))[0])
-            obs, reward, terminated, truncated, _ = env.step(action)
+            obs, reward, terminated, truncated, info = env.step(action)
             total += float(reward)
             steps += 1
             done = terminated or truncated
         returns.append(total)
         lengths.append(steps)
-    return {"return_mean": float(np.mean(returns)), "return_std": float(np.std(returns)),
-            "return_min": float(np.min(returns)), "length": float(np.mean(lengths))}
+        success = episode_success(info)
+        if success is not None:
+            successes.append(success)
+    result = {"return_mean": float(np.mean(returns)), "return_std": float(np.std(returns)),
+              "return_min": float(np.min(returns)), "length": float(np.mean(lengths))}
+    if successes:
+        result["success_rate"] = float(np.mean(successes))
+    return result
+
+
+def _eval_line(where: str, result: Mapping[str, float]) -> str:
+    line = f"eval at {where}: return {result['return_mean']:.1f} ± {result['return_std']:.1f}"
+    return line + (f", success rate {result['success_rate']:.0%}" if "success_rate" in result else "")
+
+
+def _eval_postfix(result: Mapping[str, float]) -> dict[str, str]:
+    postfix = {"eval": f"{result['return_mean']:.1f}"}
+    if "success_rate" in result:
+        postfix["success"] = f"{result['success_rate']:.0%}"
+    return postfix
 
 
 # ------------------------------------------------------------------------------------------ loop
@@ -245,12 +282,20 @@ def train_gym(run: GymRun, cfg: AgentConfig, new_buffer: BufferFactory, seed: in
     if run.eval_every < 1 or run.eval_episodes < 1:
         raise TrainGymError("--eval-every and --eval-episodes must be at least 1")
 
-    limit = {"max_episode_steps": run.max_episode_steps} if run.max_episode_steps else {}
+    limit = {**run.env_kwargs, **({"max_episode_steps": run.max_episode_steps} if run.max_episode_steps else {})}
     env = make_gym_env(run.env_id, seed=seed, **limit)
     eval_env = make_gym_env(run.env_id, seed=seed + 1, **limit)
     action_dim = int(env.action_space.shape[0])
     run_dir = Path(run.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+
+    example, _ = env.reset(seed=seed)
+    agent = create_agent(cfg, example, action_dim, seed=seed)
+    # Frozen image backbone: the buffers store each frame's features once (as the robot learner
+    # does), so the updates never run the backbone; frames stay in the buffer for the episodes.
+    feature_cache = uses_feature_cache(agent)
+    initial_agent = agent  # its frozen backbone is the one every later agent keeps
+    feature_fn = frozen_feature_fn(lambda: initial_agent) if feature_cache else None
 
     offline_buffer = None
     if run.offline_data:
@@ -259,14 +304,12 @@ def train_gym(run: GymRun, cfg: AgentConfig, new_buffer: BufferFactory, seed: in
         if warning:
             log(f"warning: {warning}")
         capacity = sum(len(e) + 1 for e in episodes)
-        offline_buffer = _buffer(new_buffer, env.observation_space, action_dim, capacity)
+        offline_buffer = _buffer(new_buffer, env.observation_space, action_dim, capacity, feature_fn)
         for episode in episodes:
             offline_buffer.add_episode_record(episode)
         log(f"offline data: {len(episodes)} episodes, {offline_buffer.num_transitions} transitions from "
             f"{run.offline_data}")
 
-    example, _ = env.reset(seed=seed)
-    agent = create_agent(cfg, example, action_dim, seed=seed)
     bootstrap = bool(cfg.reward.bootstrap_on_truncation)
     rng = np.random.default_rng(seed)
     checkpointer = AgentCheckpointer(run_dir / "checkpoints", max_to_keep=3)
@@ -284,107 +327,116 @@ def train_gym(run: GymRun, cfg: AgentConfig, new_buffer: BufferFactory, seed: in
                                                    "env_steps": env_steps_done, "offline_steps": offline_done})
 
     env_steps_done = offline_done = 0
-    with MetricsWriter(run_dir, wandb=metrics.wandb if metrics else None, config=run_config,
-                       job_type="train-gym") as writer:
-        # -------------------------------------------------------------- offline pre-training
-        if offline_buffer is not None and run.offline_steps > 0:
-            progress = _Progress(run.progress, run.offline_steps, f"offline {run.algo}", "update")
+    interrupted: KeyboardInterrupt | None = None
+    try:
+        with MetricsWriter(run_dir, wandb=metrics.wandb if metrics else None, config=run_config,
+                           job_type="train-gym") as writer:
+            # -------------------------------------------------------------- offline pre-training
+            if offline_buffer is not None and run.offline_steps > 0:
+                progress = _Progress(run.progress, run.offline_steps, f"offline {run.algo}", "update")
+                try:
+                    for step in range(1, run.offline_steps + 1):
+                        batch = sample_batches(None, offline_buffer, rng, batch_size, 1, 1.0, bootstrap_on_truncation=bootstrap,
+                                               frames=not feature_cache)
+                        agent, metrics = update(agent, jax.tree.map(lambda x: x[0], batch))
+                        offline_done = step
+                        if step % run.log_every == 0 or step == run.offline_steps:
+                            writer.log(step, _scalars(metrics), prefix="offline")
+                        postfix = {}
+                        if step % run.eval_every == 0 or step == run.offline_steps:
+                            result = evaluate(agent, eval_env, run.eval_episodes, seed + 10_000)
+                            writer.log(step, result, prefix="offline_eval")
+                            evaluations.append({"phase": "offline", "step": step, **result})
+                            progress.write(_eval_line(f"offline update {step}", result))
+                            postfix = _eval_postfix(result)
+                        if run.checkpoint_every and step % run.checkpoint_every == 0:
+                            save(step, "offline")
+                        progress.update(1, **postfix)
+                except KeyboardInterrupt:
+                    save(offline_done, "offline-interrupted")
+                    progress.write(f"interrupted: checkpoint of offline update {offline_done} in {checkpointer.directory}")
+                    raise
+                finally:
+                    progress.close()
+                save(offline_done, "offline")
+
+            # -------------------------------------------------------------- online
+            pretrained = offline_done > 0
+            if pretrained:
+                frozen = agent
+                agent = wsrl_switch(agent, cfg.online)
+                warmup = int(cfg.online.warmup_steps)
+            else:
+                frozen = None
+                warmup = int(run.random_steps)
+            online_buffer = _buffer(new_buffer, env.observation_space, action_dim, min(run.buffer_capacity, run.env_steps + 2),
+                                    feature_fn) if run.env_steps > 0 else None
+            mixing = offline_buffer is not None and cfg.online.offline_ratio != 0
+            act_key = jax.random.PRNGKey(seed + 1)
+            progress = _Progress(run.progress, run.env_steps, f"online {run.env_id}", "step")
+            obs, _ = env.reset(seed=seed)
+            episode_return, episode_length, episodes_done, reward_warned = 0.0, 0, 0, False
+            last_eval = None
             try:
-                for step in range(1, run.offline_steps + 1):
-                    batch = sample_batches(None, offline_buffer, rng, batch_size, 1, 1.0, bootstrap_on_truncation=bootstrap)
-                    agent, metrics = update(agent, jax.tree.map(lambda x: x[0], batch))
-                    offline_done = step
-                    if step % run.log_every == 0 or step == run.offline_steps:
-                        writer.log(step, _scalars(metrics), prefix="offline")
-                    postfix = {}
-                    if step % run.eval_every == 0 or step == run.offline_steps:
-                        result = evaluate(agent, eval_env, run.eval_episodes, seed + 10_000)
-                        writer.log(step, result, prefix="offline_eval")
-                        evaluations.append({"phase": "offline", "step": step, **result})
-                        postfix = {"eval": f"{result['return_mean']:.1f}"}
+                for step in range(1, run.env_steps + 1):
+                    if step <= warmup and frozen is not None:
+                        action, act_key = _explore(frozen, obs, act_key)
+                        action = np.asarray(action)
+                    elif step <= warmup:
+                        action = env.action_space.sample()
+                    else:
+                        action, act_key = _explore(agent, obs, act_key)
+                        action = np.asarray(action)
+                    next_obs, reward, terminated, truncated, _ = env.step(action)
+                    online_buffer.insert(obs, action, float(reward), next_obs, terminated, truncated)
+                    episode_return += float(reward)
+                    episode_length += 1
+                    obs = next_obs
+                    env_steps_done = step
+                    if terminated or truncated:
+                        writer.log(step, {"return": episode_return, "length": episode_length}, prefix="train_episode")
+                        if not reward_warned and online_buffer.num_transitions:
+                            warning = reward_kind_warning(online_buffer.all_transitions()["raw_rewards"], cfg.reward.sparse)
+                            if warning:
+                                progress.write(f"warning: {warning}")
+                            reward_warned = True
+                        episodes_done += 1
+                        episode_return, episode_length = 0.0, 0
+                        obs, _ = env.reset()
+
+                    ready = online_buffer.num_transitions > 0 or mixing
+                    if ready and updates_allowed(step, warmup):
+                        batches = sample_batches(online_buffer, offline_buffer if mixing else None, rng, batch_size,
+                                                 utd, cfg.online.offline_ratio, bootstrap_on_truncation=bootstrap,
+                                                 frames=not feature_cache)
+                        agent, metrics = learner_step(agent, batches)
+                        if step % run.log_every == 0:
+                            if frozen is not None:  # WSRL forgetting diagnostics (online states unless mixing)
+                                states = jax.tree.map(lambda x: x[-1], batches["observations"])
+                                metrics = {**metrics, **policy_drift(agent, frozen.actor.params, states)}
+                            writer.log(step, _scalars(metrics), prefix="train")
+                    if step % run.eval_every == 0 or step == run.env_steps:
+                        last_eval = evaluate(agent, eval_env, run.eval_episodes, seed + 10_000)
+                        elapsed = time.perf_counter() - started
+                        writer.log(step, {**last_eval, "wall_time_s": elapsed, "episodes": episodes_done}, prefix="eval")
+                        evaluations.append({"phase": "online", "step": step, "wall_time_s": elapsed, **last_eval})
+                        progress.write(_eval_line(f"env step {step}", last_eval))
                     if run.checkpoint_every and step % run.checkpoint_every == 0:
-                        save(step, "offline")
-                    progress.update(1, **postfix)
+                        save(offline_done + step, "online")
+                    progress.update(1, **(_eval_postfix(last_eval) if last_eval else {}))
             except KeyboardInterrupt:
-                save(offline_done, "offline-interrupted")
-                progress.write(f"interrupted: checkpoint of offline update {offline_done} in {checkpointer.directory}")
+                save(offline_done + env_steps_done, "online-interrupted")
+                progress.write(f"interrupted: checkpoint of env step {env_steps_done} in {checkpointer.directory}")
                 raise
             finally:
                 progress.close()
-            save(offline_done, "offline")
+                env.close()
+                eval_env.close()
+            if run.env_steps > 0:
+                save(offline_done + env_steps_done, "online")
+    except KeyboardInterrupt as exc:  # Ctrl-C: the checkpoint is saved above; summary and curve below
+        interrupted = exc
 
-        # -------------------------------------------------------------- online
-        pretrained = offline_done > 0
-        if pretrained:
-            frozen = agent
-            agent = wsrl_switch(agent, cfg.online)
-            warmup = int(cfg.online.warmup_steps)
-        else:
-            frozen = None
-            warmup = int(run.random_steps)
-        online_buffer = _buffer(new_buffer, env.observation_space, action_dim, min(run.buffer_capacity, run.env_steps + 2))\
-            if run.env_steps > 0 else None
-        mixing = offline_buffer is not None and cfg.online.offline_ratio != 0
-        act_key = jax.random.PRNGKey(seed + 1)
-        progress = _Progress(run.progress, run.env_steps, f"online {run.env_id}", "step")
-        obs, _ = env.reset(seed=seed)
-        episode_return, episode_length, episodes_done, reward_warned = 0.0, 0, 0, False
-        last_eval = None
-        try:
-            for step in range(1, run.env_steps + 1):
-                if step <= warmup and frozen is not None:
-                    action, act_key = _explore(frozen, obs, act_key)
-                    action = np.asarray(action)
-                elif step <= warmup:
-                    action = env.action_space.sample()
-                else:
-                    action, act_key = _explore(agent, obs, act_key)
-                    action = np.asarray(action)
-                next_obs, reward, terminated, truncated, _ = env.step(action)
-                online_buffer.insert(obs, action, float(reward), next_obs, terminated, truncated)
-                episode_return += float(reward)
-                episode_length += 1
-                obs = next_obs
-                env_steps_done = step
-                if terminated or truncated:
-                    writer.log(step, {"return": episode_return, "length": episode_length}, prefix="train_episode")
-                    if not reward_warned and online_buffer.num_transitions:
-                        warning = reward_kind_warning(online_buffer.all_transitions()["raw_rewards"], cfg.reward.sparse)
-                        if warning:
-                            progress.write(f"warning: {warning}")
-                        reward_warned = True
-                    episodes_done += 1
-                    episode_return, episode_length = 0.0, 0
-                    obs, _ = env.reset()
-
-                ready = online_buffer.num_transitions > 0 or mixing
-                if ready and updates_allowed(step, warmup):
-                    batches = sample_batches(online_buffer, offline_buffer if mixing else None, rng, batch_size,
-                                             utd, cfg.online.offline_ratio, bootstrap_on_truncation=bootstrap)
-                    agent, metrics = learner_step(agent, batches)
-                    if step % run.log_every == 0:
-                        if frozen is not None:  # WSRL forgetting diagnostics (online states unless mixing)
-                            states = jax.tree.map(lambda x: x[-1], batches["observations"])
-                            metrics = {**metrics, **policy_drift(agent, frozen.actor.params, states)}
-                        writer.log(step, _scalars(metrics), prefix="train")
-                if step % run.eval_every == 0 or step == run.env_steps:
-                    last_eval = evaluate(agent, eval_env, run.eval_episodes, seed + 10_000)
-                    elapsed = time.perf_counter() - started
-                    writer.log(step, {**last_eval, "wall_time_s": elapsed, "episodes": episodes_done}, prefix="eval")
-                    evaluations.append({"phase": "online", "step": step, "wall_time_s": elapsed, **last_eval})
-                if run.checkpoint_every and step % run.checkpoint_every == 0:
-                    save(offline_done + step, "online")
-                progress.update(1, **({"eval": f"{last_eval['return_mean']:.1f}"} if last_eval else {}))
-        except KeyboardInterrupt:
-            save(offline_done + env_steps_done, "online-interrupted")
-            progress.write(f"interrupted: checkpoint of env step {env_steps_done} in {checkpointer.directory}")
-            raise
-        finally:
-            progress.close()
-            env.close()
-            eval_env.close()
-        if run.env_steps > 0:
-            save(offline_done + env_steps_done, "online")
 
     summary = {
         "env_id": run.env_id, "algo": run.algo, "seed": seed,
@@ -392,11 +444,17 @@ def train_gym(run: GymRun, cfg: AgentConfig, new_buffer: BufferFactory, seed: in
         "wall_time_s": time.perf_counter() - started,
         "final_eval": evaluations[-1] if evaluations else None,
         "best_eval_return": max((e["return_mean"] for e in evaluations), default=None),
+        "final_success_rate": evaluations[-1].get("success_rate") if evaluations else None,
         "evaluations": evaluations,
         "checkpoints": str(run_dir / "checkpoints"),
+        "interrupted": interrupted is not None,
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    plot_learning_curve(run_dir / "metrics.jsonl", run_dir / "learning_curve.png", title=f"{run.algo} on {run.env_id}")
+    title = f"{run.algo} on {run.env_id}" + (" (interrupted)" if interrupted is not None else "")
+    plot_learning_curve(run_dir / "metrics.jsonl", run_dir / "learning_curve.png", title=title)
+    if interrupted is not None:
+        log(f"interrupted: summary.json and learning_curve.png written to {run_dir}")
+        raise interrupted
     return summary
 
 
@@ -425,6 +483,13 @@ def plot_learning_curve(metrics_path: Path, out_path: Path, title: str = "") -> 
         ax.set_ylabel("evaluation return")
         ax.grid(alpha=0.3)
         ax.set_title(f"{title} ({prefix.replace('_', ' ')})" if title else prefix)
+        success = [(r["step"], r[f"{prefix}/success_rate"]) for r in rows if r.get(f"{prefix}/success_rate") is not None]
+        if success:  # the env reports success (info["is_success"] / info["success"])
+            twin = ax.twinx()
+            twin.plot(*zip(*success, strict=True), marker="s", color="tab:green", label="success rate")
+            twin.set_ylim(-0.05, 1.05)
+            twin.set_ylabel("success rate")
+            twin.legend(loc="lower right")
     if not panels:
         axes[0][0].text(0.5, 0.5, "no evaluation yet", ha="center", va="center")
     fig.tight_layout()

@@ -46,7 +46,7 @@ from agent.checkpoint import (
     describe_write_failure,
 )
 from agent.config import AgentConfig
-from agent.core import Agent, agent_encode_frames, uses_feature_cache
+from agent.core import Agent, frozen_feature_fn, uses_feature_cache
 from agent.data.replay_buffer import (
     BufferFactory,
     BufferShapingError,
@@ -324,7 +324,7 @@ class Learner:
 
     def _make_feature_fn(self) -> Callable[[np.ndarray], np.ndarray]:
         # Reads self.agent at call time: after a resume that is the restored agent.
-        return lambda frames: np.asarray(agent_encode_frames(self.agent, frames))
+        return frozen_feature_fn(lambda: self.agent)
 
     def _load_offline(self, directories: Sequence[str], feature_fn) -> ReplayBuffer:
         from agent.data.lerobot_io import ExpectedLayout

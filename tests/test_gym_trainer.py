@@ -263,5 +263,154 @@ def test_ctrl_c_keeps_a_checkpoint_and_the_metrics(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train_gym(run, tiny_config(), buffer_factory(tiny_config()), log=lambda message: None)
     assert AgentCheckpointer(run.run_dir / "checkpoints").all_steps() == [29]
+    # The summary and the learning curve are written too, and say the run was interrupted.
+    summary = json.loads((run.run_dir / "summary.json").read_text())
+    assert summary["interrupted"] is True and summary["env_steps"] == 29
+    assert (run.run_dir / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
     rows = read_metrics(run.run_dir / "metrics.jsonl")
     assert [r["step"] for r in rows if "train_episode/return" in r] == [10, 20]
+
+
+class _CameraEnv(gym.Env):
+    """A tiny image env: a 16x16 camera, a 2-vector `pos`; reward -|pos|; `success` when |pos| < 0.5.
+    `observation_space` may nest the vector in a sub-Dict (`nested=True`)."""
+
+    def __init__(self, nested: bool = False, success_key: str = "is_success", interrupt_after: int = 0,
+                 camera: bool = True):
+        camera_space = gym.spaces.Box(0, 255, (16, 16, 3), np.uint8) if camera else gym.spaces.Box(-1, 1, (1,))
+        pos = gym.spaces.Box(-5, 5, (2,), np.float32)
+        self.nested = nested
+        self.observation_space = gym.spaces.Dict(
+            {"camera": camera_space, "observation": gym.spaces.Dict({"robot": pos})} if nested
+            else {"camera": camera_space, "pos": pos})
+        self.camera = camera
+        self.action_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+        self.success_key, self.interrupt_after, self.steps = success_key, interrupt_after, 0
+        self.pos = np.zeros(2, np.float32)
+
+    def _obs(self):
+        camera = np.full((16, 16, 3), int(np.clip(128 + 20 * self.pos[0], 0, 255)), np.uint8) if self.camera \
+            else np.zeros(1, np.float32)
+        return {"camera": camera, "observation": {"robot": self.pos.copy()}} if self.nested \
+            else {"camera": camera, "pos": self.pos.copy()}
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.pos = self.np_random.uniform(-2, 2, 2).astype(np.float32)
+        return self._obs(), {}
+
+    def step(self, action):
+        self.steps += 1
+        if self.interrupt_after and self.steps > self.interrupt_after:
+            raise KeyboardInterrupt
+        self.pos = np.clip(self.pos + 0.5 * np.asarray(action, np.float32), -5, 5)
+        distance = float(np.linalg.norm(self.pos))
+        return self._obs(), -distance, False, False, {self.success_key: distance < 0.5}
+
+
+gym.register("CameraTest-v0", entry_point=_CameraEnv, max_episode_steps=10)
+
+
+def _camera_config() -> AgentConfig:
+    cfg = tiny_config()
+    cfg.encoder.image_keys = ["camera"]
+    cfg.encoder.image_head_dim = 16
+    cfg.encoder.spatial_features = 4
+    cfg.sac.batch_size = 8
+    return cfg
+
+
+def test_image_env_updates_read_cached_features_and_never_the_backbone(tmp_path, monkeypatch):
+    import agent.gym_trainer as trainer
+
+    encoded, update_inputs = [], []
+    real_feature_fn, real_step = trainer.frozen_feature_fn, trainer.learner_step
+
+    def counting_feature_fn(get_agent):
+        inner = real_feature_fn(get_agent)
+
+        def fn(frames):
+            encoded.append(len(frames))
+            return inner(frames)
+        return fn
+
+    def recording_step(agent, batches):
+        update_inputs.append({k: (v.shape, v.dtype) for k, v in batches["observations"].items()})
+        return real_step(agent, batches)
+
+    monkeypatch.setattr(trainer, "frozen_feature_fn", counting_feature_fn)
+    monkeypatch.setattr(trainer, "learner_step", recording_step)
+    cfg = _camera_config()
+    run = GymRun(env_id="CameraTest-v0", run_dir=tmp_path / "run", env_steps=30, random_steps=10, eval_every=30,
+                 eval_episodes=1, log_every=10, progress=False)
+    summary = train_gym(run, cfg, buffer_factory(cfg), seed=0, log=lambda message: None)
+    assert len(update_inputs) == 21  # one learner step per env step from the last random one on
+    # The update sees the camera as cached backbone features (float32 maps), never as uint8 frames.
+    shape, dtype = update_inputs[0]["camera"]
+    assert dtype == np.float32 and shape[-1] == 512 and shape[-3:] != (16, 16, 3)
+    # The backbone ran only while storing frames (each stored frame once), never inside an update.
+    frames_encoded = sum(encoded)
+    assert 0 < frames_encoded <= 2 * 30 + 10
+    rows = read_metrics(run.run_dir / "metrics.jsonl")
+    losses = [r["train/critic_loss"] for r in rows if "train/critic_loss" in r]
+    assert losses and all(np.isfinite(losses))
+    assert summary["final_eval"]["step"] == 30
+
+
+def test_env_kwargs_as_json_or_key_value_pairs_and_a_bad_value_is_one_line(tmp_path, capsys):
+    from franka_rl.commands.train_gym import parse_env_kwargs
+
+    assert parse_env_kwargs(['{"max_episode_steps": 50, "g": 9.5}']) == {"max_episode_steps": 50, "g": 9.5}
+    assert parse_env_kwargs(["a=1", "b=true", "c=name", "d=[1, 2]", "e=null"]) == \
+        {"a": 1, "b": True, "c": "name", "d": [1, 2], "e": None}
+    assert parse_env_kwargs(None) == {}
+    # key=value pairs reach gymnasium.make: episodes end at the given time limit.
+    out = tmp_path / "run"
+    assert main(["train-gym", "--env", "Pendulum-v1", "--steps", "20", "--random-steps", "20", "--eval-every", "20",
+                 "--eval-episodes", "1", "--no-progress", "--out", str(out), *TINY,
+                 "--env-kwargs", "max_episode_steps=10", "g=9.0"]) == 0
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["train_episode/length"] for r in rows if "train_episode/length" in r] == [10, 10]
+    capsys.readouterr()
+    for bad in (['{"g": 9.0'], ["[1, 2]"], ["novalue"], ["g=9", "=3"], ["no_such_kwarg=1"]):
+        assert main(["train-gym", "--env", "Pendulum-v1", "--out", str(tmp_path / "never"), "--env-kwargs", *bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert "--env-kwargs" in err, err
+    assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("key", ["is_success", "success"])
+def test_evaluations_report_the_success_rate_the_env_gives(tmp_path, capsys, key):
+    gym.register(f"SuccessTest-{key}-v0", entry_point=_CameraEnv, max_episode_steps=5,
+                 kwargs={"camera": False, "success_key": key})
+    cfg = tiny_config()
+    run = GymRun(env_id=f"SuccessTest-{key}-v0", run_dir=tmp_path / "run", env_steps=10, random_steps=10,
+                 eval_every=5, eval_episodes=2, progress=False)
+    summary = train_gym(run, cfg, buffer_factory(cfg), seed=0)
+    rates = [r["eval/success_rate"] for r in read_metrics(run.run_dir / "metrics.jsonl") if "eval/success_rate" in r]
+    assert len(rates) == 2 and all(r in (0.0, 0.5, 1.0) for r in rates)
+    assert summary["final_success_rate"] == rates[-1] and summary["evaluations"][-1]["success_rate"] == rates[-1]
+    assert summary["interrupted"] is False
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("eval at env step")]
+    assert len(printed) == 2 and "success rate" in printed[-1]
+    assert json.loads((run.run_dir / "summary.json").read_text())["final_success_rate"] == rates[-1]
+
+
+def test_nested_dict_observations_are_flattened_with_joined_key_names(tmp_path):
+    gym.register("NestedCameraTest-v0", entry_point=_CameraEnv, max_episode_steps=5, kwargs={"nested": True})
+    env = make_gym_env("NestedCameraTest-v0", seed=0)
+    assert set(env.observation_space.spaces) == {"camera", "state"}
+    obs, _ = env.reset(seed=0)
+    assert obs["camera"].shape == (16, 16, 3) and obs["camera"].dtype == np.uint8
+    np.testing.assert_array_equal(obs["state"], env.unwrapped.pos)
+    # Two levels deep, images kept under their joined name, vectors concatenated in joined-key order.
+    space = gym.spaces.Dict({"b": gym.spaces.Box(-1, 1, (1,)), "a": gym.spaces.Dict({
+        "cam": gym.spaces.Box(0, 255, (8, 8, 3), np.uint8),
+        "inner": gym.spaces.Dict({"x": gym.spaces.Box(-1, 1, (2,))})})})
+    nested = {"b": np.array([3.0]), "a": {"cam": np.ones((8, 8, 3), np.uint8), "inner": {"x": np.array([1.0, 2.0])}}}
+    out = agent_observations(nested, space)
+    assert set(out) == {"a/cam", "state"} and out["a/cam"].dtype == np.uint8
+    np.testing.assert_array_equal(out["state"], [1.0, 2.0, 3.0])  # a/inner/x before b
+    flat = {"b": np.array([3.0]), "a/cam": np.ones((8, 8, 3), np.uint8), "a/inner/x": np.array([1.0, 2.0])}
+    np.testing.assert_array_equal(agent_observations(flat, space)["state"], out["state"])  # stored episodes

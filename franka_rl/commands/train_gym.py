@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
+from typing import Any
 
 from franka_rl.cli import UserError, add_config_arguments
 
@@ -36,6 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "      --offline-steps 20000 --steps 10000 agent.online.warmup_steps=1000\n"
             "  franka-rl train-gym --env Pendulum-v1 --algo sac --preset rlpd --offline-data runs/pendulum-episodes\n"
             "      # RLPD: half of every batch from the offline episodes\n"
+            "  franka-rl train-gym --env Pendulum-v1 --env-kwargs g=9.81\n"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -60,10 +63,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--buffer-capacity", type=int, default=1_000_000, help="online replay capacity (transitions)")
     parser.add_argument("--max-episode-steps", type=int, default=None,
                         help="override the env's registered time limit (truncation; bootstrapped through by default)")
+    parser.add_argument("--env-kwargs", nargs="+", default=None, metavar="KWARGS",
+                        help="keyword arguments for gymnasium.make: one JSON object ('{\"max_episode_steps\": 50}') "
+                             "or KEY=VALUE pairs (a=1 b=true c=name; a value is a JSON literal when it parses, "
+                             "else a string). Put agent.* overrides before this flag")
     parser.add_argument("--out", default=None,
                         help="run directory (default <output_dir>/train-gym/<env>-<algo>-seed<seed>)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in logs)")
     parser.set_defaults(handler=run)
+
+
+def parse_env_kwargs(values: list[str] | None) -> dict[str, Any]:
+    """--env-kwargs as a dict: one JSON object, or KEY=VALUE pairs with JSON-literal values
+    (strings when they do not parse). A bad value is one UserError naming the flag."""
+    if not values:
+        return {}
+    if len(values) == 1 and values[0].lstrip().startswith("{"):
+        try:
+            parsed = json.loads(values[0])
+        except json.JSONDecodeError as exc:
+            raise UserError(f"--env-kwargs: {values[0]!r} is not valid JSON ({exc})") from None
+        if not isinstance(parsed, dict):
+            raise UserError(f"--env-kwargs: {values[0]!r} is not a JSON object")
+        return parsed
+    out: dict[str, Any] = {}
+    for item in values:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip() or not key.strip().isidentifier():
+            raise UserError(f"--env-kwargs: {item!r} is not KEY=VALUE (or give one JSON object)")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        out[key.strip()] = value
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
     if args.log_every < 1 or args.buffer_capacity < 2:
         raise UserError("--log-every must be >= 1 and --buffer-capacity >= 2")
     cfg = load_config(args.config, [*GYM_DEFAULTS, *algo_overrides(args.algo), *args.overrides])
-    make_gym_env(args.env).close()  # a bad id stops here, before anything is written
+    env_kwargs = parse_env_kwargs(args.env_kwargs)
+    make_gym_env(args.env, **env_kwargs).close()  # a bad id stops here, before anything is written
     out = Path(args.out) if args.out else Path(cfg.output_dir) / "train-gym" / f"{args.env}-{args.algo}-seed{cfg.seed}"
     if (out / "metrics.jsonl").exists() or (out / "checkpoints").exists():
         raise UserError(f"{out} already holds a run (metrics.jsonl or checkpoints/); choose another --out "
@@ -92,13 +126,16 @@ def run(args: argparse.Namespace) -> int:
         offline_data=args.offline_data, offline_steps=args.offline_steps, eval_every=args.eval_every,
         eval_episodes=args.eval_episodes, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
         buffer_capacity=args.buffer_capacity, max_episode_steps=args.max_episode_steps, progress=not args.no_progress,
+        env_kwargs=env_kwargs,
     )
     summary = train_gym(gym_run, cfg.agent, buffer_factory(cfg.agent), seed=cfg.seed, metrics=cfg.metrics,
                         run_config=run_config(cfg))
     final = summary["final_eval"]
     if final:
         print(f"final evaluation return {final['return_mean']:.1f} ± {final['return_std']:.1f} "
-              f"(best {summary['best_eval_return']:.1f}) after {summary['env_steps']} env steps, "
+              f"(best {summary['best_eval_return']:.1f})"
+              + (f", success rate {summary['final_success_rate']:.0%}" if summary["final_success_rate"] is not None else "")
+              + f" after {summary['env_steps']} env steps, "
               f"{summary['offline_steps']} offline updates, {summary['wall_time_s']:.0f} s")
     print(f"run directory: {out} (metrics.jsonl, learning_curve.png, checkpoints/)")
     return 0
