@@ -345,9 +345,10 @@ def test_image_env_updates_read_cached_features_and_never_the_backbone(tmp_path,
                  eval_episodes=1, log_every=10, progress=False)
     summary = train_gym(run, cfg, buffer_factory(cfg), seed=0, log=lambda message: None)
     assert len(update_inputs) == 21  # one learner step per env step from the last random one on
-    # The update sees the camera as cached backbone features (float32 maps), never as uint8 frames.
+    # The update sees the camera as cached backbone features (float16 maps, as the buffer stores
+    # them), never as uint8 frames.
     shape, dtype = update_inputs[0]["camera"]
-    assert dtype == np.float32 and shape[-1] == 512 and shape[-3:] != (16, 16, 3)
+    assert dtype == np.float16 and shape[-1] == 512 and shape[-3:] != (16, 16, 3)
     # The backbone ran only while storing frames (each stored frame once), never inside an update.
     frames_encoded = sum(encoded)
     assert 0 < frames_encoded <= 2 * 30 + 10
