@@ -403,20 +403,40 @@ class Learner:
         if expected is None:
             log.warning("checkpoint %d records no checksum for %s (an older version wrote it); loading it unverified",
                         step, buffer_path.name)
+        # The restored agent first: feature_fn encodes with self.agent's backbone, if it must encode
+        # (the snapshot holds no features, or features of another backbone).
+        previous_agent, self.agent = self.agent, restored
+        bars: list[Any] = []
+
+        def encoded(frames: int) -> None:
+            if not bars:
+                self.report(f"resuming: encoding the frames of checkpoint {step}'s replay buffer with the frozen "
+                            "backbone (its snapshot holds no features of this backbone)")
+                bars.append(progress_bar(desc="encoding saved frames", unit="frame"))
+            bars[0].update(frames)
+
         try:
-            buffer = self.new_buffer.load(buffer_path, feature_fn=None, expected_sha256=expected)
+            buffer = self.new_buffer.load(
+                buffer_path, feature_fn=feature_fn, expected_sha256=expected, on_progress=encoded,
+                feature_digest=backbone_digest(restored) if feature_fn is not None else "")
         except FileNotFoundError:
+            self.agent = previous_agent
             raise CorruptBufferError(f"its replay buffer {buffer_path} is missing") from None
         except BufferShapingError as exc:
+            self.agent = previous_agent
             raise LearnerError(f"cannot resume from checkpoint {step}: {exc}") from None
         except ValueError as exc:
+            self.agent = previous_agent
             raise CorruptBufferError(str(exc)) from None
-        self.agent = restored
-        if feature_fn is not None:  # encoded with the restored agent's backbone (feature_fn reads self.agent)
-            self.report(f"resuming: encoding the frames of checkpoint {step}'s replay buffer with the frozen "
-                        "backbone (the first batch also compiles the encoder)")
-            with progress_bar(desc="encoding saved frames", unit="frame") as bar:
-                buffer.set_feature_fn(feature_fn, on_progress=bar.update)
+        except BaseException:
+            self.agent = previous_agent
+            raise
+        finally:
+            for bar in bars:
+                bar.close()
+        if buffer.features_restored:
+            self.report(f"resuming: checkpoint {step}'s feature cache came back from its buffer snapshot (same "
+                        "backbone): no frame encoded")
         self.buffer = buffer
         self.books = {stream: StreamBook.from_durable(state) for stream, state in extra["streams"].items()}
         self.counters.steps = int(extra["learner_steps"])
@@ -788,7 +808,8 @@ class Learner:
         buffer_file = f"buffer_{index:06d}.npz"
         buffer_path = self.buffer_dir / buffer_file
         try:
-            self.buffer.save(buffer_path)
+            # With the feature cache: the features too, so a resume with this backbone skips encoding.
+            self.buffer.save(buffer_path, feature_digest=backbone_digest(self.agent) if self.feature_cache else "")
             buffer_sha = file_sha256(buffer_path)
         except OSError as exc:
             buffer_path.unlink(missing_ok=True)

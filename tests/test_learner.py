@@ -354,3 +354,45 @@ def test_a_buffer_that_cannot_fit_in_memory_is_refused_naming_the_key_bytes_and_
     learner = make_learner(cfg, report=lines.append)  # 90 % of what is available: a warning
     assert any(line.startswith("warning: learner.buffer_capacity=100000 needs") for line in lines)
     learner.server.close()
+
+
+def test_resume_restores_cached_features_from_the_snapshot_and_re_encodes_only_for_another_backbone(
+        tmp_path, monkeypatch):
+    import agent.learner as learner_module
+
+    cfg = config(tmp_path, "env.cameras=[wrist_1]", "env.image_height=32", "env.image_width=32",
+                 "agent.encoder.image_head_dim=16", "agent.encoder.spatial_features=2")
+    learner = make_learner(cfg)
+    rng = np.random.default_rng(0)
+    c = chunk(0, 0, 6, end=True)
+    c.next_observations["wrist_1"] = rng.integers(0, 255, (6, 32, 32, 3), dtype=np.uint8)
+    c.first_observation["wrist_1"] = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    assert deliver(learner, "a0/x", 1, c)
+    assert learner.checkpoint() == 1
+    cached = learner.buffer.batch(np.arange(6), frames=False)["observations"]["wrist_1_features"]
+    learner.server.close()
+
+    encoded: list[int] = []
+    import agent.core as core_module
+
+    real_encode = core_module.agent_encode_frames
+    monkeypatch.setattr(core_module, "agent_encode_frames",
+                        lambda agent, frames: encoded.append(len(frames)) or real_encode(agent, frames))
+    lines: list[str] = []
+    resumed = make_learner(cfg, report=lines.append)
+    frames_encoded_for_the_probe = sum(encoded)  # the memory check and nothing else: one frame
+    assert frames_encoded_for_the_probe <= 1 and resumed.buffer.features_restored
+    assert any("no frame encoded" in line for line in lines)
+    restored = resumed.buffer.batch(np.arange(6), frames=False)["observations"]["wrist_1_features"]
+    np.testing.assert_array_equal(restored, cached)
+    resumed.server.close()
+
+    encoded.clear()
+    monkeypatch.setattr(learner_module, "backbone_digest", lambda agent: "another-backbone")
+    lines.clear()
+    again = make_learner(cfg, report=lines.append)
+    assert not again.buffer.features_restored and sum(encoded) >= 7  # every stored frame again
+    assert any("encoding the frames of checkpoint 1" in line for line in lines)
+    np.testing.assert_allclose(again.buffer.batch(np.arange(6), frames=False)["observations"]["wrist_1_features"],
+                               cached, rtol=1e-3, atol=1e-3)
+    again.server.close()

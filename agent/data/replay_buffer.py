@@ -133,6 +133,7 @@ class ReplayBuffer:
         self.feature_dtype = np.dtype(feature_dtype)
         self._feature_fn: FeatureFn | None = None
         self._features: dict[str, np.ndarray] = {}
+        self.features_restored = False  # set by `load` when the cache came back from the file
         if feature_fn is not None:
             self.set_feature_fn(feature_fn)
 
@@ -458,13 +459,18 @@ class ReplayBuffer:
 
     # ------------------------------------------------------------------ persistence
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the ring (completed episodes; not open ones, nor features) atomically to `path`.
+    def save(self, path: str | os.PathLike, *, feature_digest: str = "") -> Path:
+        """Write the ring (completed episodes, not open ones) atomically to `path`.
 
-        A failure (OSError, e.g. a full disk) leaves `path` as it was and no temporary file."""
+        With `feature_digest` (a fingerprint of the frozen backbone that made the cached features)
+        the features are written too, so `load` with the same digest restores them instead of
+        encoding every frame again. A failure (OSError, e.g. a full disk) leaves `path` as it was
+        and no temporary file."""
         path = Path(path)
         used = self.size
         arrays = {f"obs/{k}": v[:used] for k, v in self._obs.items()}
+        if feature_digest and self._features:
+            arrays.update({f"features/{k}": v[:used] for k, v in self._features.items()})
         arrays.update(
             actions=self._actions[:used], raw_rewards=self._raw_rewards[:used],
             terminated=self._terminated[:used], truncated=self._truncated[:used],
@@ -478,6 +484,7 @@ class ReplayBuffer:
             "episodes_added": self._episodes_added,
             "shaping": self.shaping.as_dict(),
             "observation_spec": {k: [list(s), d.str] for k, (s, d) in self.observation_spec.items()},
+            "feature_digest": feature_digest if self._features else "",
         }
         arrays["header"] = np.array(json.dumps(header))
         temp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
@@ -495,8 +502,12 @@ class ReplayBuffer:
     @classmethod
     def load(cls, path: str | os.PathLike, *, shaping: RewardShaping, feature_fn: FeatureFn | None = None,
              feature_keys: Iterable[str] | None = None, expected_sha256: str | None = None,
-             on_progress: Callable[[int], None] | None = None) -> ReplayBuffer:
+             on_progress: Callable[[int], None] | None = None, feature_digest: str = "") -> ReplayBuffer:
         """Load a buffer written by `save` for an agent that shapes rewards with `shaping`.
+
+        With `feature_fn`, the cached features come back from the file when it holds them for the
+        same backbone (`feature_digest` equals the one saved; `features_restored` is then True);
+        otherwise every stored frame is encoded again (`on_progress` hears of it).
 
         With `expected_sha256` (what the learner's checkpoint recorded) the file's bytes are
         checked first: a mismatch, a truncated file or a damaged zip raises CorruptBufferError.
@@ -559,7 +570,16 @@ class ReplayBuffer:
             raise CorruptBufferError(f"replay buffer file {path} does not hold a consistent buffer "
                                      f"({type(exc).__name__}: {exc})") from None
         if feature_fn is not None:
-            buffer.set_feature_fn(feature_fn, on_progress=on_progress)
+            saved = {k: data.get(f"features/{k}") for k in buffer.feature_keys}
+            if feature_digest and header.get("feature_digest") == feature_digest and \
+                    all(v is not None and v.shape[0] == used for v in saved.values()):
+                buffer._feature_fn = feature_fn
+                for key, values in saved.items():
+                    buffer._features[key] = np.zeros((buffer.capacity, *values.shape[1:]), buffer.feature_dtype)
+                    buffer._features[key][:used] = values
+                buffer.features_restored = True
+            else:
+                buffer.set_feature_fn(feature_fn, on_progress=on_progress)
         return buffer
 
 
