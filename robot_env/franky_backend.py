@@ -90,6 +90,12 @@ def _validated_pose(position: np.ndarray, quat: np.ndarray) -> tuple[np.ndarray,
     return position, quat / norm
 
 
+# How long close() waits for franky's control thread to end the last motion.
+CLOSE_JOIN_TIMEOUT_S = 15.0
+# Robots whose last motion did not end within that time: kept alive rather than destroyed under it.
+_STILL_STOPPING: list[Any] = []
+
+
 def call_with_timeout(fn: Any, timeout_s: float) -> Any:
     """`fn()` on a daemon thread; TimeoutError if it has not returned within `timeout_s`.
 
@@ -447,15 +453,22 @@ class FrankyRobot:
 
     # ------------------------------------------------------------------ blocking moves
 
-    def _halt(self) -> None:
+    def _halt(self, timeout_s: float = 1.0) -> bool:
+        """Stop the current motion and wait up to `timeout_s` for franky's control thread to end
+        it; returns whether it did."""
         try:
             self._robot.stop()
         except Exception:
             pass
-        try:
-            self._robot.join_motion(1.0)
-        except Exception:
-            pass  # the preemption we just caused
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if self._robot.join_motion(min(1.0, max(deadline - time.monotonic(), 0.0))):
+                    return True
+            except Exception:
+                return True  # the preemption we just caused: the motion is over
+            if time.monotonic() >= deadline:
+                return False
 
     def _run_blocking(self, motion: Any, timeout_s: float, what: str) -> None:
         try:
@@ -603,7 +616,10 @@ class FrankyRobot:
         if self._robot is None:
             return
         self._stop_tracker()
-        self._halt()
+        # Dropping the Robot while franky's control thread still runs a motion crashes the process
+        # (seen on a loaded machine, where the stop takes longer than a second): wait for it.
+        if not self._halt(CLOSE_JOIN_TIMEOUT_S):
+            _STILL_STOPPING.append(self._robot)  # never destroyed under a live motion
         self._robot = None
         self._model = None
         self._gripper = None
