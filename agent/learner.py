@@ -59,7 +59,7 @@ from agent.param_sync import all_finite, backbone_digest, export_acting_params, 
 from agent.process_config import LearnerConfig, TransportConfig, validate_process_config
 from agent.sac import learner_step
 from agent.sampling import sample_batches
-from agent.sharding import data_parallel_step
+from agent.sharding import data_parallel_step, place_batches
 from agent.transport.server import Delivery, LearnerServer, Watermarks
 from agent.wsrl import policy_drift, updates_allowed
 from robot_env.errors import UserError
@@ -293,6 +293,7 @@ class Learner:
         self._time_at_last_log = time.monotonic()
         self._dirty = False
         self._published_after_warmup = False
+        self._prefetched: dict[str, Any] | None = None  # the next step's batches (learner.prefetch)
         self._next_checkpoint_try = 0.0  # after a refused checkpoint: not before this (monotonic s)
         self._metrics_failing = False
         self._pace_mark: tuple[float, int, int] | None = None  # (time, transitions, steps) of the window start
@@ -671,11 +672,13 @@ class Learner:
         """One learner step. Returns its metrics, or None when it was skipped because a loss or a
         new parameter was not finite (the agent keeps its previous state). Raises LearnerError
         after `learner.max_consecutive_nonfinite_updates` skipped steps in a row."""
-        sac = self.agent_cfg.sac
-        batches = sample_batches(
-            self.buffer, self.offline, self.rng, sac.batch_size, sac.utd, self.agent_cfg.online.offline_ratio,
-            bootstrap_on_truncation=self.agent_cfg.reward.bootstrap_on_truncation, frames=not self.feature_cache)
-        agent, metrics = self.learner_step(self.agent, batches)
+        batches, self._prefetched = self._prefetched, None
+        if batches is None:
+            batches = self._sample_batches()
+        agent, metrics = self.learner_step(self.agent, batches)  # dispatched; runs while we go on
+        if self.lcfg.prefetch and (self.lcfg.max_steps == 0 or self.counters.steps + 1 < self.lcfg.max_steps):
+            # The next step's batches, sampled and copied to the device while this step computes.
+            self._prefetched = self._sample_batches()
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
         if not bad and not bool(_trainable_state_finite(agent)):
@@ -693,7 +696,16 @@ class Learner:
                             policy_drift(self.agent, self.pretrained.actor.params, last["observations"]).items()})
         return metrics
 
+    def _sample_batches(self) -> dict[str, Any]:
+        """One learner step's UTD batches, already where the step reads them (agent/sharding.py)."""
+        sac = self.agent_cfg.sac
+        batches = sample_batches(
+            self.buffer, self.offline, self.rng, sac.batch_size, sac.utd, self.agent_cfg.online.offline_ratio,
+            bootstrap_on_truncation=self.agent_cfg.reward.bootstrap_on_truncation, frames=not self.feature_cache)
+        return place_batches(self.learner_step, batches)
+
     def _skip_nonfinite(self, bad: Sequence[str], batches: Mapping[str, Any]) -> None:
+        self._prefetched = None  # may hold the same poisoned episodes: sample again after quarantine
         counters = self.counters
         counters.skipped_nonfinite += 1
         counters.nonfinite_streak += 1
@@ -721,6 +733,8 @@ class Learner:
                             f" (from stream(s) {', '.join(streams)})" if streams else "")
                 found += len(episodes)
         self.counters.quarantined_episodes += found
+        if found:
+            self._prefetched = None
         return found
 
     def _nonfinite_stop_message(self, bad: Sequence[str]) -> str:
@@ -768,7 +782,8 @@ class Learner:
             "rewards": np.zeros(lead, np.float32), "masks": np.ones(lead, np.float32),
             "mc_returns": np.zeros(lead, np.float32),
         }
-        jax.block_until_ready(self.learner_step(self.agent, batches))
+        # Placed as _sample_batches places real batches: a committed array is another compile key.
+        jax.block_until_ready(self.learner_step(self.agent, place_batches(self.learner_step, batches)))
         self.report(f"learner: compiled in {format_duration(time.monotonic() - started)}")
 
     def publish(self) -> None:

@@ -120,6 +120,11 @@ class LearnerConfig:
     # batch is split over them, the agent replicated. 0 = all of them; agent.sac.batch_size must
     # be a multiple of the count.
     devices: int = 0
+    # Sample (and place on the device) the next learner step's batches while the current step
+    # runs, so host sampling and the host->device copy hide behind the compiled step. The
+    # prefetched batches are at most one learner step older than the buffer; off = sample after
+    # each step finishes.
+    prefetch: bool = True
 
 
 def is_loopback(host: str) -> bool:

@@ -82,10 +82,18 @@ def data_parallel_step(devices: int, batch_size: int, key: str) -> tuple[Learner
                                       f"{batch_size // count} samples of each batch per device, agent replicated")
 
 
+def place_batches(step: LearnerStep, batches: dict) -> dict:
+    """`batches` where `step` will read them: split over its devices for a DataParallelStep, on
+    the default device otherwise. Placing ahead of the step lets the copy overlap computation."""
+    if isinstance(step, DataParallelStep):
+        return step.place_batches(batches)
+    return jax.device_put(batches)
+
+
 def is_replicated(tree: Any, devices: int) -> bool:
     """Whether every array of `tree` lives, whole, on `devices` devices (a check for tests and logs)."""
     return all(len(x.sharding.device_set) == devices and x.sharding.is_fully_replicated
                for x in jax.tree.leaves(tree) if isinstance(x, jax.Array))
 
 
-__all__ = ["DataParallelStep", "ShardingError", "data_parallel_step", "is_replicated", "local_devices"]
+__all__ = ["DataParallelStep", "ShardingError", "data_parallel_step", "is_replicated", "local_devices", "place_batches"]

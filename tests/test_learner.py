@@ -144,6 +144,39 @@ def test_warmup_gate_then_updates_publish_finite_params(tmp_path):
     learner.server.close()
 
 
+def test_prefetched_batches_are_the_ones_the_next_step_would_have_sampled(tmp_path):
+    """learner.prefetch samples step k+1's batches while step k computes: same batches in the
+    same order as sampling after each step (same parameters), placed on the device ahead."""
+    learners = {on: make_learner(config(tmp_path / str(on), f"learner.prefetch={str(on).lower()}"))
+                for on in (True, False)}
+    for learner in learners.values():
+        deliver(learner, "a0/x", 1, chunk(0, 0, 5, end=True))
+        deliver(learner, "a0/x", 2, chunk(1, 0, 4, end=True))
+        learner.agent = learners[True].agent  # same start
+    fetched = {on: 0 for on in learners}
+    for on, learner in learners.items():
+        sample = learner._sample_batches
+
+        def counting(sample=sample, on=on):
+            fetched[on] += 1
+            return sample()
+        learner._sample_batches = counting
+        for _ in range(3):
+            assert learner.update() is not None
+    assert fetched == {True: 4, False: 3}  # one batch ahead
+    prefetched = learners[True]._prefetched
+    assert prefetched is not None and all(isinstance(x, jax.Array) for x in jax.tree.leaves(prefetched))
+    assert learners[False]._prefetched is None
+    a, b = (export_acting_params(learners[on].agent) for on in (True, False))
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+    # A skipped (non-finite) step drops the batch fetched with it: it may hold the poison.
+    learner = learners[True]
+    poisoned = jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), learner.agent.actor.params)
+    learner.agent = learner.agent.replace(actor=learner.agent.actor.replace(params=poisoned))
+    assert learner.update() is None and learner._prefetched is None
+
+
 @pytest.mark.parametrize("data_format", ["episodes", "lerobot"])
 def test_offline_data_is_mixed_into_each_batch(tmp_path, data_format):
     store = EpisodeStore(tmp_path / "demos", create=True)
