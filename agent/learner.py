@@ -256,6 +256,8 @@ class Learner:
         self.feature_cache = uses_feature_cache(self.agent)
         feature_fn = self._make_feature_fn() if self.feature_cache else None
         self.feature_fn = feature_fn
+        # The buffer files the latest checkpoint's snapshot consists of, oldest first.
+        self._snapshot_chain: list[dict[str, Any]] = []
         if self.checkpointer.latest_step() is not None:
             self._resume(feature_fn)
         else:
@@ -399,11 +401,11 @@ class Learner:
             raise LearnerError(f"{self.checkpointer.directory} holds checkpoints of another command; give the "
                                "learner its own learner.run_dir")
         restored, _ = self.checkpointer.restore(self.agent, step, self.agent_cfg)
-        buffer_path = self.buffer_dir / extra["buffer_file"]
-        expected = extra.get("buffer_sha256")  # absent in checkpoints written before checksums
-        if expected is None:
-            log.warning("checkpoint %d records no checksum for %s (an older version wrote it); loading it unverified",
-                        step, buffer_path.name)
+        chain = snapshot_chain(extra)
+        for segment in chain:
+            if segment["sha256"] is None:  # checkpoints written before checksums
+                log.warning("checkpoint %d records no checksum for %s (an older version wrote it); loading it "
+                            "unverified", step, segment["file"])
         # The restored agent first: feature_fn encodes with self.agent's backbone, if it must encode
         # (the snapshot holds no features, or features of another backbone).
         previous_agent, self.agent = self.agent, restored
@@ -417,12 +419,13 @@ class Learner:
             bars[0].update(frames)
 
         try:
-            buffer = self.new_buffer.load(
-                buffer_path, feature_fn=feature_fn, expected_sha256=expected, on_progress=encoded,
-                feature_digest=backbone_digest(restored) if feature_fn is not None else "")
-        except FileNotFoundError:
+            buffer = self.new_buffer.load_chain(
+                [self.buffer_dir / segment["file"] for segment in chain],
+                expected_sha256=[segment["sha256"] for segment in chain], feature_fn=feature_fn,
+                on_progress=encoded, feature_digest=backbone_digest(restored) if feature_fn is not None else "")
+        except FileNotFoundError as exc:
             self.agent = previous_agent
-            raise CorruptBufferError(f"its replay buffer {buffer_path} is missing") from None
+            raise CorruptBufferError(f"its replay buffer file {exc.filename} is missing") from None
         except BufferShapingError as exc:
             self.agent = previous_agent
             raise LearnerError(f"cannot resume from checkpoint {step}: {exc}") from None
@@ -439,6 +442,9 @@ class Learner:
             self.report(f"resuming: checkpoint {step}'s feature cache came back from its buffer snapshot (same "
                         "backbone): no frame encoded")
         self.buffer = buffer
+        if chain[-1]["until"] < 0:  # a whole-ring file of an older version: the next segment follows it
+            chain[-1]["until"] = buffer.slots_written
+        self._snapshot_chain = chain
         self.books = {stream: StreamBook.from_durable(state) for stream, state in extra["streams"].items()}
         self.counters.steps = int(extra["learner_steps"])
         self.counters.params_version = int(extra["params_version"])
@@ -822,19 +828,27 @@ class Learner:
         index = max([self.counters.checkpoints, *self.checkpointer.all_steps()]) + 1
         buffer_file = f"buffer_{index:06d}.npz"
         buffer_path = self.buffer_dir / buffer_file
+        written = self.buffer.slots_written
+        # Incremental: only the slots written since the last checkpoint's snapshot; the earlier
+        # segments the ring has not overwritten yet stay in the chain this checkpoint records.
+        since = self._snapshot_chain[-1]["until"] if self._snapshot_chain else 0
         try:
             # With the feature cache: the features too, so a resume with this backbone skips encoding.
-            self.buffer.save(buffer_path, feature_digest=backbone_digest(self.agent) if self.feature_cache else "")
-            buffer_sha = file_sha256(buffer_path)
+            self.buffer.save_segment(buffer_path, since,
+                                     feature_digest=backbone_digest(self.agent) if self.feature_cache else "")
+            segment = {"file": buffer_file, "sha256": file_sha256(buffer_path),
+                       "bytes": buffer_path.stat().st_size, "until": written}
         except OSError as exc:
             buffer_path.unlink(missing_ok=True)
             raise CheckpointWriteError(f"checkpoint {index} not written: replay buffer folder "
                                        f"{describe_write_failure(self.buffer_dir, exc)}") from None
+        chain = [s for s in self._snapshot_chain if s["until"] > written - self.buffer.capacity] + [segment]
         extra = {
             "format": BOOKKEEPING_FORMAT,
             "buffer_file": buffer_file,
-            "buffer_sha256": buffer_sha,
-            "buffer_bytes": buffer_path.stat().st_size,
+            "buffer_sha256": segment["sha256"],
+            "buffer_bytes": segment["bytes"],
+            "buffer_segments": chain,
             "learner_steps": self.counters.steps,
             "params_version": self.counters.params_version,
             "transitions": sum(b.transitions_committed for b in self.books.values()),
@@ -846,7 +860,15 @@ class Learner:
             buffer_path.unlink(missing_ok=True)  # belongs to no checkpoint
             raise
         self.counters.checkpoints = index
-        kept = {f"buffer_{s:06d}.npz" for s in self.checkpointer.all_steps()}
+        self._snapshot_chain = chain
+        kept = {segment["file"] for segment in chain}
+        for step in self.checkpointer.all_steps():
+            if step != index:
+                try:
+                    kept.update(s["file"] for s in snapshot_chain(self.checkpointer.read_meta(step, verify=False)
+                                                                  .get("extra", {})))
+                except (CheckpointError, OSError, KeyError, TypeError, ValueError):
+                    kept.add(f"buffer_{step:06d}.npz")  # unreadable: keep at least its own file
         for old in self.buffer_dir.glob("buffer_*.npz"):
             if old.name not in kept:
                 old.unlink(missing_ok=True)
@@ -977,6 +999,16 @@ class Learner:
         return self.counters
 
 
+def snapshot_chain(extra: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The replay-buffer files a learner checkpoint's snapshot is made of, oldest first: each
+    {"file", "sha256", "until"} (sha256 None when unrecorded). Older checkpoints have one whole file."""
+    if "buffer_segments" in extra:
+        return [{"file": str(s["file"]), "sha256": s.get("sha256"), "until": int(s["until"]),
+                 "bytes": int(s.get("bytes", 0))} for s in extra["buffer_segments"]]
+    return [{"file": str(extra["buffer_file"]), "sha256": extra.get("buffer_sha256"), "until": -1,
+             "bytes": int(extra.get("buffer_bytes", 0))}]
+
+
 def _has_nonfinite(tree: Any) -> bool:
     return any(np.asarray(x).dtype.kind == "f" and not np.all(np.isfinite(x)) for x in jax.tree.leaves(tree))
 
@@ -1003,4 +1035,5 @@ __all__ = [
     "Learner",
     "LearnerError",
     "StreamBook",
+    "snapshot_chain",
 ]

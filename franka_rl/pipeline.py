@@ -368,19 +368,20 @@ def _echo_to_stderr(chunk: bytes) -> None:
 
 
 def prune_old_buffers(learner_dir: Path) -> int:
-    """Delete the replay-buffer snapshots of every checkpoint but the latest. The pipeline keeps
-    all checkpoints for the evaluations at the marks, but only the latest one's buffer is needed
-    (to resume the learner); the others would cost a growing copy of the buffer each."""
+    """Delete the replay-buffer files no longer needed to resume the learner. The pipeline keeps
+    all checkpoints for the evaluations at the marks, but only the latest one's buffer snapshot
+    (the segments its chain names) is needed to resume."""
     from agent.checkpoint import AgentCheckpointer
+    from agent.learner import snapshot_chain
 
     checkpointer = AgentCheckpointer(learner_dir / "checkpoints", max_to_keep=None)
     latest = checkpointer.latest_step()
     if latest is None:
         return 0
-    keep = checkpointer.read_meta(latest)["extra"].get("buffer_file")
+    keep = {segment["file"] for segment in snapshot_chain(checkpointer.read_meta(latest)["extra"])}
     pruned = 0
     for path in (learner_dir / "replay").glob("buffer_*.npz"):
-        if path.name != keep:
+        if path.name not in keep:
             path.unlink()
             pruned += 1
     return pruned

@@ -17,6 +17,7 @@ import zmq
 from agent.checkpoint import AgentCheckpointer
 from agent.data.episodes import EpisodeStore
 from agent.data.replay_buffer import ReplayBuffer
+from agent.learner import snapshot_chain
 from franka_rl.assemble import reward_shaping
 from franka_rl.config import load_config
 
@@ -163,7 +164,7 @@ def test_actor_learner_survive_a_learner_crash_and_lose_nothing(tmp_path):
                         "actor-1": sum(m["length"] for m in episodes(store_1))}
     assert extra["transitions"] == produced  # 0 lost, none twice
     assert "did not confirm" not in actor_0.text() + actor_1.text()
-    buffer = ReplayBuffer.load(learner_dir / "replay" / extra["buffer_file"],
-                               shaping=reward_shaping(load_config(None).agent))
+    buffer = ReplayBuffer.load_chain([learner_dir / "replay" / s["file"] for s in snapshot_chain(extra)],
+                                     shaping=reward_shaping(load_config(None).agent))
     assert buffer.num_transitions == produced
     assert episodes(store_0)[-1]["params_version"] > 0

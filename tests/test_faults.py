@@ -9,6 +9,7 @@ monkeypatching the low-level write, which always runs."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import subprocess
@@ -181,16 +182,64 @@ def test_the_exit_path_writes_no_checkpoint_after_a_non_finite_stop(tmp_path, mo
     resumed.server.close()
 
 
-def test_the_pipeline_prunes_every_buffer_snapshot_but_the_latest_checkpoints(tmp_path):
+def test_the_pipeline_prunes_only_buffer_files_the_latest_snapshot_does_not_need(tmp_path):
     from franka_rl.pipeline import prune_old_buffers
 
-    cfg, run_dir = learner_with_two_checkpoints(tmp_path)
-    assert sorted(p.name for p in (run_dir / "replay").iterdir()) == ["buffer_000001.npz", "buffer_000002.npz"]
+    # Small ring: by checkpoint 3 the ring has overwritten every slot of checkpoint 1's segment.
+    cfg, run_dir = learner_with_two_checkpoints(tmp_path, "task.max_episode_steps=6", "learner.buffer_capacity=12")
+    assert prune_old_buffers(run_dir) == 0  # checkpoint 2's snapshot is segments 1 + 2
+    learner, _ = resume(cfg)
+    assert deliver(learner, "a0/x", 3, chunk(2, 0, 5, end=True))
+    assert learner.checkpoint() == 3
+    learner.server.close()
+    assert sorted(p.name for p in (run_dir / "replay").iterdir()) == [
+        "buffer_000001.npz", "buffer_000002.npz", "buffer_000003.npz"]  # checkpoint 2 still needs segment 1
     assert prune_old_buffers(run_dir) == 1
-    assert sorted(p.name for p in (run_dir / "replay").iterdir()) == ["buffer_000002.npz"]
-    resumed, _ = resume(cfg)  # the kept snapshot is the one the latest checkpoint resumes from
-    assert resumed.buffer.num_transitions == 9
+    assert sorted(p.name for p in (run_dir / "replay").iterdir()) == ["buffer_000002.npz", "buffer_000003.npz"]
+    resumed, _ = resume(cfg)  # the kept segments are the ones the latest checkpoint resumes from
+    assert resumed.buffer.num_transitions == 10 and resumed.buffer.slots_written == 17
     resumed.server.close()
+
+
+def test_checkpoints_write_only_what_arrived_since_the_last_and_resume_the_exact_ring(tmp_path):
+    cfg = config(tmp_path, "task.max_episode_steps=6", "learner.buffer_capacity=14", "learner.keep_checkpoints=3")
+    learner = make_learner(cfg)
+    replay = tmp_path / "learner" / "replay"
+    sizes, sequence = [], 0
+    for episode, steps in enumerate([4, 5, 3, 4]):
+        sequence += 1
+        assert deliver(learner, "a0/x", sequence, chunk(episode, 0, steps, end=True))
+        if episode == 3:
+            learner.buffer.invalidate_episodes([1])  # changes old slots in place: the segment carries it
+        written_before = learner.buffer.slots_written - (steps + 1)
+        index = learner.checkpoint()
+        with np.load(replay / f"buffer_{index:06d}.npz") as segment:
+            sizes.append(segment["slots"].shape[0])
+        assert json.loads(str(np.load(replay / f"buffer_{index:06d}.npz")["header"][()]))["since_written"] == \
+            written_before
+    assert sizes == [5, 6, 4, 5]  # each checkpoint wrote its own episode's slots, nothing older
+    extra = AgentCheckpointer(tmp_path / "learner" / "checkpoints").read_meta(4)["extra"]
+    # 20 slots written into a ring of 14: segment 1 (slots 0-4) is overwritten, 2-4 make the ring.
+    assert [s["file"] for s in extra["buffer_segments"]] == [
+        "buffer_000002.npz", "buffer_000003.npz", "buffer_000004.npz"]
+    # Kept checkpoints 2-4 still need segment 1 (checkpoint 2's chain); nothing else is on disk.
+    assert sorted(p.name for p in replay.iterdir()) == [f"buffer_00000{i}.npz" for i in range(1, 5)]
+    live = learner.buffer
+    learner.server.close()
+    resumed, _ = resume(cfg)
+    back = resumed.buffer
+    assert (back.slots_written, back._cursor, back.num_transitions) == (20, live._cursor, live.num_transitions)
+    for name in ("_actions", "_raw_rewards", "_terminated", "_truncated", "_mc_returns", "_valid", "_episode_ids"):
+        assert np.array_equal(getattr(back, name), getattr(live, name)), name
+    assert np.array_equal(back._obs["state"], live._obs["state"])
+    resumed.server.close()
+
+    # A damaged middle segment spoils every checkpoint whose chain holds it: back to checkpoint 2.
+    flip_byte(replay / "buffer_000003.npz", 0.6)
+    fallback, lines = resume(cfg)
+    assert fallback.counters.checkpoints == 2 and fallback.buffer.slots_written == 11
+    assert any("buffer_000003.npz" in line and "previous checkpoint 2" in line for line in lines)
+    fallback.server.close()
 
 
 # ------------------------------------------------------------------------------ damaged checkpoints

@@ -32,7 +32,7 @@ import json
 import os
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ from agent.returns import RewardShaping
 
 FEATURES_SUFFIX = "_features"
 BUFFER_FORMAT = "franka_rl.replay_buffer"
-BUFFER_VERSION = 2
+BUFFER_VERSION = 3  # 3: files carry their slots, so a file can be a segment
 
 
 class BufferFileError(ValueError):
@@ -459,28 +459,52 @@ class ReplayBuffer:
 
     # ------------------------------------------------------------------ persistence
 
+    @property
+    def slots_written(self) -> int:
+        """Slots written since the buffer was made (it only grows): where a snapshot segment starts."""
+        return self._slots_written
+
     def save(self, path: str | os.PathLike, *, feature_digest: str = "") -> Path:
-        """Write the ring (completed episodes, not open ones) atomically to `path`.
+        """Write the whole ring (completed episodes, not open ones) atomically to `path`.
 
         With `feature_digest` (a fingerprint of the frozen backbone that made the cached features)
         the features are written too, so `load` with the same digest restores them instead of
         encoding every frame again. A failure (OSError, e.g. a full disk) leaves `path` as it was
         and no temporary file."""
-        path = Path(path)
-        used = self.size
-        arrays = {f"obs/{k}": v[:used] for k, v in self._obs.items()}
+        return self._write_slots(Path(path), np.arange(self.size), max(0, self._slots_written - self.size),
+                                 feature_digest)
+
+    def save_segment(self, path: str | os.PathLike, since_written: int, *, feature_digest: str = "") -> Path:
+        """Write only the slots written since `since_written` (an earlier `slots_written`), plus
+        the few bytes of state that change in place (which slots are sampleable, the cursor).
+
+        Loading the segments of a chain in order (`load_chain`) gives back the buffer: each one
+        overwrites the slots the ring reused. A checkpoint therefore writes what arrived since the
+        previous one, not the whole ring. Atomic like `save`."""
+        since = max(int(since_written), self._slots_written - self.capacity, 0)
+        if since > self._slots_written:
+            raise ValueError(f"since_written={since_written} is beyond the {self._slots_written} slots written")
+        slots = np.arange(since, self._slots_written, dtype=np.int64) % self.capacity
+        return self._write_slots(Path(path), slots, since, feature_digest)
+
+    def _write_slots(self, path: Path, slots: np.ndarray, since: int, feature_digest: str) -> Path:
+        slots = np.asarray(slots, np.int64)
+        # A run of consecutive slots is written from a view: a whole 12 GiB ring is never copied.
+        pick = _as_slice(slots)
+        arrays = {f"obs/{k}": v[pick] for k, v in self._obs.items()}
         if feature_digest and self._features:
-            arrays.update({f"features/{k}": v[:used] for k, v in self._features.items()})
+            arrays.update({f"features/{k}": v[pick] for k, v in self._features.items()})
         arrays.update(
-            actions=self._actions[:used], raw_rewards=self._raw_rewards[:used],
-            terminated=self._terminated[:used], truncated=self._truncated[:used],
-            intervened=self._intervened[:used], mc_returns=self._mc_returns[:used],
-            valid=self._valid[:used], episode_ids=self._episode_ids[:used],
+            slots=slots, actions=self._actions[pick], raw_rewards=self._raw_rewards[pick],
+            terminated=self._terminated[pick], truncated=self._truncated[pick],
+            intervened=self._intervened[pick], mc_returns=self._mc_returns[pick],
+            episode_ids=self._episode_ids[pick],
+            valid=self._valid[:self.size],  # whole: overwrites and quarantine change it in place
         )
         header = {
             "format": BUFFER_FORMAT, "version": BUFFER_VERSION,
             "capacity": self.capacity, "action_dim": self.action_dim,
-            "cursor": self._cursor, "slots_written": self._slots_written,
+            "cursor": self._cursor, "slots_written": self._slots_written, "since_written": int(since),
             "episodes_added": self._episodes_added,
             "shaping": self.shaping.as_dict(),
             "observation_spec": {k: [list(s), d.str] for k, (s, d) in self.observation_spec.items()},
@@ -500,87 +524,147 @@ class ReplayBuffer:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, shaping: RewardShaping, feature_fn: FeatureFn | None = None,
-             feature_keys: Iterable[str] | None = None, expected_sha256: str | None = None,
-             on_progress: Callable[[int], None] | None = None, feature_digest: str = "") -> ReplayBuffer:
-        """Load a buffer written by `save` for an agent that shapes rewards with `shaping`.
+    def load(cls, path: str | os.PathLike, *, expected_sha256: str | None = None, **kwargs: Any) -> ReplayBuffer:
+        """Load a buffer written by `save` (see `load_chain` for the arguments)."""
+        return cls.load_chain([path], expected_sha256=None if expected_sha256 is None else [expected_sha256],
+                              **kwargs)
 
-        With `feature_fn`, the cached features come back from the file when it holds them for the
-        same backbone (`feature_digest` equals the one saved; `features_restored` is then True);
-        otherwise every stored frame is encoded again (`on_progress` hears of it).
+    @classmethod
+    def load_chain(cls, paths: Sequence[str | os.PathLike], *, shaping: RewardShaping,
+                   feature_fn: FeatureFn | None = None, feature_keys: Iterable[str] | None = None,
+                   expected_sha256: Sequence[str | None] | None = None,
+                   on_progress: Callable[[int], None] | None = None, feature_digest: str = "") -> ReplayBuffer:
+        """Load a buffer from files written by `save` / `save_segment`, oldest first (a checkpoint
+        records its chain), for an agent that shapes rewards with `shaping`.
 
-        With `expected_sha256` (what the learner's checkpoint recorded) the file's bytes are
-        checked first: a mismatch, a truncated file or a damaged zip raises CorruptBufferError.
+        With `feature_fn`, the cached features come back from the files when every one holds them
+        for the same backbone (`feature_digest` equals the one saved; `features_restored` is then
+        True); otherwise every stored frame is encoded again (`on_progress` hears of it).
+
+        With `expected_sha256` (what the learner's checkpoint recorded, one per file; None skips a
+        file) each file's bytes are checked first: a mismatch, a truncated file or a damaged zip
+        raises CorruptBufferError naming the file, as does a chain whose segments do not follow on.
         MC returns are stored, so a buffer saved under another shaping would hand the critic
         returns on the wrong reward: that is refused (BufferShapingError; rebuild it from the
         episode store)."""
-        path = Path(path)
-        if expected_sha256 is not None:
+        paths = [Path(p) for p in paths]
+        if not paths:
+            raise BufferFileError("no replay buffer file to load")
+        expected = list(expected_sha256) if expected_sha256 is not None else [None] * len(paths)
+        buffer: ReplayBuffer | None = None
+        features_complete = feature_fn is not None and bool(feature_digest)
+        for path, digest in zip(paths, expected, strict=True):
+            _verify_sha256(path, digest)
             try:
-                found = file_sha256(path)
+                # Member by member from the open file: loading never holds a second copy of the ring.
+                with np.load(path, allow_pickle=False) as npz:
+                    header = _buffer_header(path, npz)
+                    if buffer is None:
+                        buffer = cls._empty_like(path, header, shaping, feature_keys)
+                    else:
+                        _check_follows(path, header, buffer)
+                    names = set(npz.files)
+                    slots = npz["slots"].astype(np.int64) if "slots" in names else \
+                        np.arange(npz["actions"].shape[0])  # version 2: the whole ring from slot 0
+                    pick = _as_slice(slots)
+                    for key in buffer._obs:
+                        buffer._obs[key][pick] = npz[f"obs/{key}"]
+                    for name in ("actions", "raw_rewards", "terminated", "truncated", "intervened", "mc_returns",
+                                 "episode_ids"):
+                        getattr(buffer, f"_{name}")[pick] = npz[name]
+                    valid = npz["valid"]
+                    buffer._valid[:] = False
+                    buffer._valid[:valid.shape[0]] = valid
+                    buffer._cursor = int(header["cursor"])
+                    buffer._slots_written = int(header["slots_written"])
+                    buffer._episodes_added = int(header["episodes_added"])
+                    if features_complete:
+                        keys = [f"features/{k}" for k in buffer.feature_keys]
+                        if header.get("feature_digest") == feature_digest and all(k in names for k in keys):
+                            for key in buffer.feature_keys:
+                                values = npz[f"features/{key}"]
+                                if values.shape[0] != slots.shape[0]:
+                                    raise ValueError(f"features of {key} do not match the file's slots")
+                                if key not in buffer._features:
+                                    buffer._features[key] = np.zeros((buffer.capacity, *values.shape[1:]),
+                                                                     buffer.feature_dtype)
+                                buffer._features[key][pick] = values
+                        else:
+                            features_complete = False
             except FileNotFoundError:
                 raise
-            except OSError as exc:
-                raise CorruptBufferError(f"replay buffer file {path} cannot be read ({exc})") from None
-            if found != expected_sha256:
-                raise CorruptBufferError(f"replay buffer file {path} does not match the sha256 its checkpoint "
-                                         "recorded (corrupt or truncated)")
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                header = json.loads(str(npz["header"][()]))
-                data = {name: npz[name] for name in npz.files if name != "header"}
-        except FileNotFoundError:
-            raise
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-            raise CorruptBufferError(f"replay buffer file {path} cannot be read ({type(exc).__name__}: {exc}); "
-                                     "it may be truncated or corrupt") from None
-        if not isinstance(header, dict) or header.get("format") != BUFFER_FORMAT:
-            raise BufferFileError(f"{path} is not a saved replay buffer")
-        if int(header.get("version", 1)) > BUFFER_VERSION:
-            raise BufferFileError(f"replay buffer file {path} has format version {header['version']}, newer than "
-                                  f"this code reads ({BUFFER_VERSION}); run the franka-rl version that wrote it")
-        try:
-            spec = {k: (tuple(s), np.dtype(d)) for k, (s, d) in header["observation_spec"].items()}
-            saved = header.get("shaping") or {  # version 1 kept the four settings at the top level
-                "scale": header["reward_scale"], "bias": header["reward_bias"],
-                "discount": header["discount"], "sparse": header["sparse_reward"]}
-            if RewardShaping(**saved) != shaping:
-                raise BufferShapingError(
-                    f"replay buffer file {path} holds returns computed with reward shaping {saved}, but the agent now "
-                    f"uses {shaping.as_dict()}; restore the old agent.reward/agent.sac.discount settings or rebuild the "
-                    "buffer from the episode store")
-            buffer = cls(spec, header["action_dim"], header["capacity"], shaping=shaping, feature_keys=feature_keys)
-            used = data["actions"].shape[0]
-            for key in buffer._obs:
-                buffer._obs[key][:used] = data[f"obs/{key}"]
-            buffer._actions[:used] = data["actions"]
-            buffer._raw_rewards[:used] = data["raw_rewards"]
-            buffer._terminated[:used] = data["terminated"]
-            buffer._truncated[:used] = data["truncated"]
-            buffer._intervened[:used] = data["intervened"]
-            buffer._mc_returns[:used] = data["mc_returns"]
-            buffer._valid[:used] = data["valid"]
-            buffer._episode_ids[:used] = data["episode_ids"]
-            buffer._cursor = int(header["cursor"])
-            buffer._slots_written = int(header["slots_written"])
-            buffer._episodes_added = int(header["episodes_added"])
-        except BufferFileError:
-            raise
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise CorruptBufferError(f"replay buffer file {path} does not hold a consistent buffer "
-                                     f"({type(exc).__name__}: {exc})") from None
+            except BufferFileError:
+                raise
+            except (OSError, ValueError, KeyError, TypeError, IndexError, EOFError, zipfile.BadZipFile,
+                    zlib.error) as exc:
+                raise CorruptBufferError(f"replay buffer file {path} cannot be read or does not hold a consistent "
+                                         f"buffer ({type(exc).__name__}: {exc}); it may be truncated or "
+                                         "corrupt") from None
+        assert buffer is not None
         if feature_fn is not None:
-            saved = {k: data.get(f"features/{k}") for k in buffer.feature_keys}
-            if feature_digest and header.get("feature_digest") == feature_digest and \
-                    all(v is not None and v.shape[0] == used for v in saved.values()):
+            if features_complete and buffer._features:
                 buffer._feature_fn = feature_fn
-                for key, values in saved.items():
-                    buffer._features[key] = np.zeros((buffer.capacity, *values.shape[1:]), buffer.feature_dtype)
-                    buffer._features[key][:used] = values
                 buffer.features_restored = True
             else:
+                buffer._features = {}
                 buffer.set_feature_fn(feature_fn, on_progress=on_progress)
         return buffer
+
+    @classmethod
+    def _empty_like(cls, path: Path, header: dict, shaping: RewardShaping,
+                    feature_keys: Iterable[str] | None) -> ReplayBuffer:
+        spec = {k: (tuple(s), np.dtype(d)) for k, (s, d) in header["observation_spec"].items()}
+        saved = header.get("shaping") or {  # version 1 kept the four settings at the top level
+            "scale": header["reward_scale"], "bias": header["reward_bias"],
+            "discount": header["discount"], "sparse": header["sparse_reward"]}
+        if RewardShaping(**saved) != shaping:
+            raise BufferShapingError(
+                f"replay buffer file {path} holds returns computed with reward shaping {saved}, but the agent now "
+                f"uses {shaping.as_dict()}; restore the old agent.reward/agent.sac.discount settings or rebuild the "
+                "buffer from the episode store")
+        return cls(spec, header["action_dim"], header["capacity"], shaping=shaping, feature_keys=feature_keys)
+
+
+def _as_slice(slots: np.ndarray) -> slice | np.ndarray:
+    """`slots` as a slice when they are one run of consecutive indices (views, not copies)."""
+    if slots.size == 0:
+        return slice(0, 0)
+    if int(slots[-1]) - int(slots[0]) + 1 == slots.size and np.all(np.diff(slots) == 1):
+        return slice(int(slots[0]), int(slots[-1]) + 1)
+    return slots
+
+
+def _verify_sha256(path: Path, expected_sha256: str | None) -> None:
+    if expected_sha256 is None:
+        return
+    try:
+        found = file_sha256(path)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise CorruptBufferError(f"replay buffer file {path} cannot be read ({exc})") from None
+    if found != expected_sha256:
+        raise CorruptBufferError(f"replay buffer file {path} does not match the sha256 its checkpoint "
+                                 "recorded (corrupt or truncated)")
+
+
+def _buffer_header(path: Path, npz: Any) -> dict:
+    header = json.loads(str(npz["header"][()]))
+    if not isinstance(header, dict) or header.get("format") != BUFFER_FORMAT:
+        raise BufferFileError(f"{path} is not a saved replay buffer")
+    if int(header.get("version", 1)) > BUFFER_VERSION:
+        raise BufferFileError(f"replay buffer file {path} has format version {header['version']}, newer than "
+                              f"this code reads ({BUFFER_VERSION}); run the franka-rl version that wrote it")
+    return header
+
+
+def _check_follows(path: Path, header: dict, buffer: ReplayBuffer) -> None:
+    """A segment must continue the chain loaded so far: same ring, starting where it ended."""
+    since = int(header.get("since_written", -1))
+    if int(header.get("capacity", -1)) != buffer.capacity or since != buffer._slots_written:
+        raise CorruptBufferError(f"replay buffer segment {path} does not continue the files before it (it starts "
+                                 f"at slot {since} of a ring of {header.get('capacity')}; they end at slot "
+                                 f"{buffer._slots_written} of a ring of {buffer.capacity}): a segment is missing")
 
 
 def _same_observation(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> bool:
@@ -603,3 +687,6 @@ class BufferFactory:
 
     def load(self, path: str | os.PathLike, **kwargs: Any) -> ReplayBuffer:
         return ReplayBuffer.load(path, shaping=self.shaping, **kwargs)
+
+    def load_chain(self, paths: Sequence[str | os.PathLike], **kwargs: Any) -> ReplayBuffer:
+        return ReplayBuffer.load_chain(paths, shaping=self.shaping, **kwargs)
