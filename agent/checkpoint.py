@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -241,10 +242,13 @@ class AgentCheckpointer:
         """Re-read the step list (after steps were moved aside)."""
         self._manager.reload()
 
-    def save(self, step: int, agent: Agent, config: AgentConfig | None = None, extra: dict | None = None) -> Path:
+    def save(self, step: int, agent: Agent, config: AgentConfig | None = None, extra: dict | None = None,
+             before_manifest: Callable[[Path], None] | None = None) -> Path:
         """Write `agent` as step `step` (blocking; atomic; verified by a manifest written last).
-        Returns the step's directory. A failure (CheckpointWriteError when the disk refuses)
-        leaves no trace of this step; older steps are untouched."""
+        `before_manifest(step_directory)` may add files to the step (they are in the manifest);
+        if it raises, the step is discarded. Returns the step's directory. A failure
+        (CheckpointWriteError when the disk refuses) leaves no trace of this step; older steps
+        are untouched."""
         step = int(step)
         meta = {
             "agent_config": dataclasses.asdict(config) if config is not None else None,
@@ -267,9 +271,13 @@ class AgentCheckpointer:
                 force=True,
             )
             self._manager.wait_until_finished()
+            if before_manifest is not None:
+                before_manifest(directory)
             self._write_manifest(step)
         except BaseException as exc:
             self._discard_step(step)
+            if isinstance(exc, CheckpointWriteError):
+                raise
             if isinstance(exc, Exception) and _is_disk_error(exc):
                 raise CheckpointWriteError(
                     f"checkpoint {step} not written: {describe_write_failure(self.directory, exc)}") from None

@@ -23,6 +23,7 @@ refuses is retried every `learner.checkpoint_retry_s` while training goes on.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -30,6 +31,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,10 +42,12 @@ import numpy as np
 
 from agent.checkpoint import (
     AgentCheckpointer,
+    CheckpointCorruptError,
     CheckpointError,
     CheckpointMismatchError,
     CheckpointWriteError,
     describe_write_failure,
+    write_json_atomically,
 )
 from agent.config import AgentConfig
 from agent.core import Agent, frozen_feature_fn, uses_feature_cache
@@ -52,7 +56,6 @@ from agent.data.replay_buffer import (
     BufferShapingError,
     CorruptBufferError,
     ReplayBuffer,
-    file_sha256,
 )
 from agent.metrics import MetricsConfig, MetricsWriter
 from agent.param_sync import all_finite, backbone_digest, export_acting_params, export_backbone
@@ -69,6 +72,8 @@ from robot_env.progress import progress as progress_bar
 log = logging.getLogger("agent.learner")
 
 BOOKKEEPING_FORMAT = "franka_rl.learner"
+# Inside each checkpoint step: the replay-buffer segment it wrote, with that file's sha256.
+SEGMENT_RECORD = "buffer_segment.json"
 
 
 class LearnerError(UserError, RuntimeError):
@@ -401,7 +406,7 @@ class Learner:
             raise LearnerError(f"{self.checkpointer.directory} holds checkpoints of another command; give the "
                                "learner its own learner.run_dir")
         restored, _ = self.checkpointer.restore(self.agent, step, self.agent_cfg)
-        chain = snapshot_chain(extra)
+        chain = snapshot_chain(extra, self.checkpointer.step_directory(step))
         for segment in chain:
             if segment["sha256"] is None:  # checkpoints written before checksums
                 log.warning("checkpoint %d records no checksum for %s (an older version wrote it); loading it "
@@ -832,33 +837,40 @@ class Learner:
         # Incremental: only the slots written since the last checkpoint's snapshot; the earlier
         # segments the ring has not overwritten yet stay in the chain this checkpoint records.
         since = self._snapshot_chain[-1]["until"] if self._snapshot_chain else 0
-        try:
-            # With the feature cache: the features too, so a resume with this backbone skips encoding.
-            self.buffer.save_segment(buffer_path, since,
-                                     feature_digest=backbone_digest(self.agent) if self.feature_cache else "")
-            segment = {"file": buffer_file, "sha256": file_sha256(buffer_path),
-                       "bytes": buffer_path.stat().st_size, "until": written}
-        except OSError as exc:
-            buffer_path.unlink(missing_ok=True)
-            raise CheckpointWriteError(f"checkpoint {index} not written: replay buffer folder "
-                                       f"{describe_write_failure(self.buffer_dir, exc)}") from None
+        segment = {"file": buffer_file, "sha256": None, "bytes": 0, "until": written}
         chain = [s for s in self._snapshot_chain if s["until"] > written - self.buffer.capacity] + [segment]
         extra = {
             "format": BOOKKEEPING_FORMAT,
             "buffer_file": buffer_file,
-            "buffer_sha256": segment["sha256"],
-            "buffer_bytes": segment["bytes"],
+            # The new segment's sha256 is in SEGMENT_RECORD inside the step (covered by its manifest):
+            # the segment is written while orbax saves the agent, so it is not known yet here.
             "buffer_segments": chain,
+            "segment_record": SEGMENT_RECORD,
             "learner_steps": self.counters.steps,
             "params_version": self.counters.params_version,
             "transitions": sum(b.transitions_committed for b in self.books.values()),
             "streams": {s: b.durable_state() for s, b in self.books.items()},
         }
-        try:
-            self.checkpointer.save(index, self.agent, self.agent_cfg, extra)
-        except BaseException:
-            buffer_path.unlink(missing_ok=True)  # belongs to no checkpoint
-            raise
+        # With the feature cache: the features too, so a resume with this backbone skips encoding.
+        digest = backbone_digest(self.agent) if self.feature_cache else ""
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="buffer-segment") as pool:
+            # Nothing changes the buffer meanwhile: this method returns only when both are written.
+            writing = pool.submit(self.buffer.save_segment, buffer_path, since, feature_digest=digest)
+
+            def record_segment(step_directory: Path) -> None:
+                try:
+                    writing.result()
+                    segment.update(sha256=self.buffer.last_saved_sha256, bytes=buffer_path.stat().st_size)
+                    write_json_atomically(step_directory / SEGMENT_RECORD, dict(segment))
+                except OSError as exc:
+                    raise CheckpointWriteError(f"checkpoint {index} not written: replay buffer folder "
+                                               f"{describe_write_failure(self.buffer_dir, exc)}") from None
+            try:
+                self.checkpointer.save(index, self.agent, self.agent_cfg, extra, before_manifest=record_segment)
+            except BaseException:
+                wait([writing])
+                buffer_path.unlink(missing_ok=True)  # belongs to no checkpoint
+                raise
         self.counters.checkpoints = index
         self._snapshot_chain = chain
         kept = {segment["file"] for segment in chain}
@@ -999,12 +1011,24 @@ class Learner:
         return self.counters
 
 
-def snapshot_chain(extra: Mapping[str, Any]) -> list[dict[str, Any]]:
+def snapshot_chain(extra: Mapping[str, Any], step_directory: Path | None = None) -> list[dict[str, Any]]:
     """The replay-buffer files a learner checkpoint's snapshot is made of, oldest first: each
-    {"file", "sha256", "until"} (sha256 None when unrecorded). Older checkpoints have one whole file."""
+    {"file", "sha256", "until", "bytes"} (sha256 None when unrecorded). With the checkpoint's
+    `step_directory`, the newest segment's sha256 is read from the record inside it (a missing
+    record raises CheckpointCorruptError). Older checkpoints have one whole file."""
     if "buffer_segments" in extra:
-        return [{"file": str(s["file"]), "sha256": s.get("sha256"), "until": int(s["until"]),
-                 "bytes": int(s.get("bytes", 0))} for s in extra["buffer_segments"]]
+        chain = [{"file": str(s["file"]), "sha256": s.get("sha256"), "until": int(s["until"]),
+                  "bytes": int(s.get("bytes", 0))} for s in extra["buffer_segments"]]
+        if step_directory is not None and extra.get("segment_record") and chain[-1]["sha256"] is None:
+            path = Path(step_directory) / str(extra["segment_record"])
+            try:
+                record = json.loads(path.read_text())
+                if record.get("file") != chain[-1]["file"]:
+                    raise ValueError(f"it names {record.get('file')!r}, not {chain[-1]['file']!r}")
+                chain[-1].update(sha256=str(record["sha256"]), bytes=int(record.get("bytes", 0)))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise CheckpointCorruptError(f"its buffer segment record {path} is unreadable ({exc})") from None
+        return chain
     return [{"file": str(extra["buffer_file"]), "sha256": extra.get("buffer_sha256"), "until": -1,
              "bytes": int(extra.get("buffer_bytes", 0))}]
 

@@ -28,6 +28,7 @@ range is refused with a message rather than stored as inf.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import zipfile
@@ -134,6 +135,7 @@ class ReplayBuffer:
         self._feature_fn: FeatureFn | None = None
         self._features: dict[str, np.ndarray] = {}
         self.features_restored = False  # set by `load` when the cache came back from the file
+        self.last_saved_sha256 = ""  # of the file `save` / `save_segment` wrote last
         if feature_fn is not None:
             self.set_feature_fn(feature_fn)
 
@@ -514,13 +516,16 @@ class ReplayBuffer:
         temp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
         try:
             with open(temp, "wb") as handle:
-                np.savez(handle, **arrays)
+                # Hashed as written (the zip streams, never seeking back): no second read of the file.
+                stream = _HashingWriter(handle)
+                np.savez(stream, **arrays)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temp, path)
         except BaseException:  # a full disk: leave no half-written temporary behind
             temp.unlink(missing_ok=True)
             raise
+        self.last_saved_sha256 = stream.sha256.hexdigest()
         return path
 
     @classmethod
@@ -623,6 +628,27 @@ class ReplayBuffer:
                 f"uses {shaping.as_dict()}; restore the old agent.reward/agent.sac.discount settings or rebuild the "
                 "buffer from the episode store")
         return cls(spec, header["action_dim"], header["capacity"], shaping=shaping, feature_keys=feature_keys)
+
+
+class _HashingWriter(io.RawIOBase):
+    """A write-only, non-seekable file that hashes what passes through it to `handle`."""
+
+    def __init__(self, handle: Any):
+        self.handle = handle
+        self.sha256 = hashlib.sha256()
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def write(self, data: Any) -> int:
+        self.sha256.update(data)
+        return self.handle.write(data)
+
+    def flush(self) -> None:
+        self.handle.flush()
 
 
 def _as_slice(slots: np.ndarray) -> slice | np.ndarray:
