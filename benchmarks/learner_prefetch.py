@@ -9,8 +9,11 @@ stored transitions. Three timings per learner step, medians over `--steps` steps
 
 - compiled step alone: `learner_step` on batches already on the device, nothing else;
 - `Learner.update()` with learner.prefetch=false: sample, copy, step, one after the other;
-- `Learner.update()` with learner.prefetch=true (the default): the next step's batches are sampled
-  and placed while the current one computes.
+- `Learner.update()` with learner.prefetch=true: the next step's batches are sampled and placed
+  while the current one computes.
+
+The last two alternate in blocks of 5 steps on the same learner, so a change in the machine's load
+falls on both alike.
 
 The target is prefetch <= 1.1 x the compiled step alone. Compilation happens before timing.
 """
@@ -76,22 +79,30 @@ def compiled_step_alone(learner, steps: int) -> float:
 
 
 def measure(cameras: bool, image_size: int, steps: int, transitions: int) -> dict[str, float]:
-    out = {}
+    """One learner, its prefetch switched on and off in alternating blocks of steps (so drift in
+    the machine's load falls on both alike), and its compiled step timed alone."""
+    times: dict[str, list[float]] = {"prefetch": [], "sequential": []}
     with tempfile.TemporaryDirectory() as tmp:
-        for prefetch in (False, True):
-            learner = make_learner(f"{tmp}/{prefetch}", cameras, image_size, prefetch, transitions + 200)
-            try:
-                fill(learner, transitions, image_size)
-                learner.compile_update()
-                for _ in range(3):  # the first real steps, untimed (any remaining compile)
+        learner = make_learner(tmp, cameras, image_size, True, transitions + 200)
+        try:
+            fill(learner, transitions, image_size)
+            learner.compile_update()
+            for _ in range(3):  # the first real steps, untimed (any remaining compile)
+                learner.update()
+            block = 5
+            for round_ in range(2 * max(1, steps // block)):
+                prefetch = round_ % 2 == 0
+                learner.lcfg.prefetch = prefetch
+                learner._prefetched = None
+                learner.update()  # untimed: the first step of a prefetch block has nothing fetched yet
+                for _ in range(block):
+                    started = time.perf_counter()
                     learner.update()
-                jax.block_until_ready(learner.agent)
-                out["prefetch" if prefetch else "sequential"] = timed(learner.update, steps)
-                if not prefetch:
-                    out["compiled"] = compiled_step_alone(learner, steps)
-            finally:
-                learner.server.close()
-    return out
+                    times["prefetch" if prefetch else "sequential"].append(time.perf_counter() - started)
+            compiled = compiled_step_alone(learner, steps)
+        finally:
+            learner.server.close()
+    return {"compiled": compiled, **{k: statistics.median(v) for k, v in times.items()}}
 
 
 def main() -> None:
