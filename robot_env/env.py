@@ -25,6 +25,7 @@ schedule restarts from now rather than bursting to catch up), then reads the rob
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -36,7 +37,15 @@ from scipy.spatial.transform import Rotation
 from robot_env.config import EnvConfig, TaskConfig
 from robot_env.errors import UserError
 from robot_env.geometry import pose6_to_pos_quat, relative_pose, yaw_rotation
-from robot_env.interfaces import Camera, CameraError, Clock, Robot, RobotError, RobotState
+from robot_env.interfaces import (
+    Camera,
+    CameraError,
+    Clock,
+    RecoveryRefused,
+    Robot,
+    RobotError,
+    RobotState,
+)
 from robot_env.safety import SafetyBox
 
 STATE_LAYOUT: dict[str, slice] = {
@@ -52,9 +61,12 @@ STATE_DIM = 19
 
 GRIPPER_CLOSE_THRESHOLD = -0.5
 GRIPPER_OPEN_THRESHOLD = 0.5
+log = logging.getLogger(__name__)
+
 # Lift straight up before a reset move when the TCP is this far below the reset height, so a
 # peg in the hole is pulled out along its axis instead of dragged sideways.
 _RESET_LIFT_MARGIN_M = 0.005
+_RESET_ATTEMPTS = 3
 
 SuccessFn = Callable[[RobotState], tuple[bool, dict[str, float]]]
 
@@ -150,18 +162,11 @@ class FrankaEnv(gym.Env):
         super().reset(seed=seed)
         if self._scene_reset is not None:
             self._scene_reset(self.np_random)
-        self.robot.set_impedance(self.env_cfg.stiff)
-        state = self.robot.read_state()
-        if state.tcp_position[2] < self._reset_position[2] - _RESET_LIFT_MARGIN_M:
-            lift = state.tcp_position.copy()
-            lift[2] = self._reset_position[2]
-            self.robot.move_to(lift, state.tcp_quat)
-
         # options={"reset_offset": (dx, dy, dz, dyaw)} places the start exactly (metres, radians
         # from task.reset_pose), e.g. for evaluations spread evenly over the reset range.
         offset = (options or {}).get("reset_offset")
         start_position, start_quat = self._sample_reset_pose(offset)
-        self.robot.move_to(start_position, start_quat)
+        self._move_to_start(start_position, start_quat)
         self.robot.set_impedance(self.env_cfg.compliant)
         self.robot.set_gripper(closed=self.task.fixed_gripper_closed)
 
@@ -174,6 +179,41 @@ class FrankaEnv(gym.Env):
         success, success_info = self._success_fn(self._state)
         info = {"success": bool(success), **success_info, **timing}
         return observation, info
+
+    def _move_to_start(self, start_position: np.ndarray, start_quat: np.ndarray) -> None:
+        """Lift clear if below the reset height, then move to the start pose. A fault on the way
+        (a reflex, a planner refusing the arm's current motion state, an arrival short of the
+        target) is recovered and the reset tried again, up to `_RESET_ATTEMPTS` in all: one
+        transient fault should not end an online run that has hours of robot time in it.
+
+        A retry first moves home in joint space (`joint_reset`): a Cartesian plan the arm refused
+        from where it stands is likely refused again from there, and a joint move needs no
+        Cartesian plan. Only a refused recovery (a person must act) ends the reset at once."""
+        for attempt in range(1, _RESET_ATTEMPTS + 1):
+            try:
+                if attempt > 1:
+                    self.robot.joint_reset()
+                self.robot.set_impedance(self.env_cfg.stiff)
+                state = self.robot.read_state()
+                if state.tcp_position[2] < self._reset_position[2] - _RESET_LIFT_MARGIN_M:
+                    lift = state.tcp_position.copy()
+                    lift[2] = self._reset_position[2]
+                    self.robot.move_to(lift, state.tcp_quat)
+                self.robot.move_to(start_position, start_quat)
+                return
+            except RobotError as error:
+                if attempt == _RESET_ATTEMPTS:
+                    raise RobotError(f"the reset failed {attempt} times in a row, the last time: {error}; check the "
+                                     "arm and its workspace (Desk shows the last fault), then run the command again "
+                                     "(episodes already written are kept)") from None
+                log.warning("reset attempt %d of %d failed (%s); recovering, then moving home in joint space "
+                            "before trying again", attempt, _RESET_ATTEMPTS, error)
+                try:
+                    self.robot.recover()
+                except RecoveryRefused:
+                    raise
+                except RobotError as recovery_error:  # its clearing lift failed: the joint move comes next
+                    log.warning("recovery after reset attempt %d did not finish (%s)", attempt, recovery_error)
 
     def step(self, action: np.ndarray):
         if self._state is None:

@@ -36,7 +36,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from robot_env.config import EnvConfig
-from robot_env.interfaces import ImpedanceParams, RobotError, RobotState
+from robot_env.interfaces import ImpedanceParams, RecoveryRefused, RobotError, RobotState
 from robot_env.real_config import RealConfig, validate_real_config
 from robot_env.safety import SafetyBox
 from robot_env.safety_monitor import backoff_position, check_wrench, limit_step
@@ -580,7 +580,7 @@ class FrankyRobot:
         except Exception as exc:
             raise RobotError(f"automatic error recovery failed: {exc}") from None
         if not recovered:
-            raise RobotError(
+            raise RecoveryRefused(
                 "the arm refused automatic error recovery: release the user stop or emergency stop, "
                 "check Desk for the error, then retry"
             )

@@ -57,6 +57,11 @@ class RobotError(UserError, RuntimeError):
     """A recoverable robot fault (reflex, communication, limit). Call `Robot.recover()`."""
 
 
+class RecoveryRefused(RobotError):
+    """The arm refused automatic recovery: a person has to act (release the user stop, clear the
+    error in Desk). Retrying from software cannot help."""
+
+
 @runtime_checkable
 class Robot(Protocol):
     """An arm with a compliant Cartesian controller and a parallel gripper."""
@@ -78,7 +83,8 @@ class Robot(Protocol):
         """Command the gripper closed (grasp) or open; returns at once."""
 
     def recover(self) -> None:
-        """Clear a fault so that commands are accepted again."""
+        """Clear a fault so that commands are accepted again; raises RecoveryRefused when a person
+        has to act, RobotError when the clearing motion itself failed."""
 
     def close(self) -> None: ...
 

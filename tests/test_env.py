@@ -156,3 +156,54 @@ def _wrapper_chain(environment):
     while hasattr(environment, "env"):
         yield environment
         environment = environment.env
+
+
+def test_a_fault_during_the_reset_move_is_recovered_and_the_reset_retried(monkeypatch):
+    """A transient fault in the blocking reset move (franky's planner refusing the arm's motion
+    state, a reflex) is recovered and the reset retried from a joint-space move home; a recovery
+    whose clearing lift fails is one more failed attempt, not the end; a fault on every attempt is
+    one RobotError; a refused recovery (a person must act) ends the reset at once."""
+    from robot_env.interfaces import RecoveryRefused, RobotError
+
+    environment = make()
+    base: FrankaEnv = environment.unwrapped
+    robot = base.robot
+    real_move, real_recover, real_joint_reset = robot.move_to, robot.recover, robot.joint_reset
+    failures, recoveries, joint_resets = {"left": 1, "recover": None}, [], []
+
+    def flaky_move(position, quat, timeout_s=10.0):
+        if failures["left"] > 0:
+            failures["left"] -= 1
+            raise RobotError("the move failed: Motion planner failed with error code -111")
+        real_move(position, quat, timeout_s)
+
+    def recover():
+        recoveries.append(1)
+        real_recover()
+        if failures["recover"] is not None:
+            raise failures["recover"]
+
+    monkeypatch.setattr(robot, "move_to", flaky_move)
+    monkeypatch.setattr(robot, "recover", recover)
+    monkeypatch.setattr(robot, "joint_reset", lambda: (joint_resets.append(1), real_joint_reset())[1])
+    _, info = base.reset(seed=3)
+    assert failures["left"] == 0 and len(recoveries) == 1 and len(joint_resets) == 1
+    reset_position = robot.read_state().tcp_position
+    assert np.linalg.norm(reset_position - base._reset_position) < 0.05  # it did reach the start
+
+    # The recovery's own lift fails after the first attempt: the joint move home and the second
+    # attempt still come.
+    failures["left"], failures["recover"] = 1, RobotError("the move to (-0.176, -0.079, 0.035) m failed: -110")
+    base.reset(seed=3)
+    assert failures["left"] == 0 and len(recoveries) == 2 and len(joint_resets) == 2
+
+    failures["left"], failures["recover"] = 10, None
+    with pytest.raises(RobotError, match="failed 3 times in a row.*-111"):
+        base.reset(seed=3)
+    assert len(recoveries) == 4  # recovered between attempts, not after the last
+
+    failures["left"], failures["recover"] = 10, RecoveryRefused("the arm refused automatic error recovery")
+    with pytest.raises(RecoveryRefused):
+        base.reset(seed=3)
+    assert len(recoveries) == 5  # no retry once a person has to act
+    environment.close()
