@@ -12,6 +12,11 @@ than `actor.max_unacked_transitions` steps are not yet durable, so memory stays 
 nothing is dropped. Stopping (Ctrl-C, SIGTERM, `max_episodes`) ends the episode in progress as
 truncated at the current step, writes it, and gives the learner `flush_timeout_s` to store it.
 
+Restarts (agent/recovery.py): each episode file records its stream, the sequence number of its
+first chunk and the chunk lengths, and is written before its last chunk is sent. A restarted actor
+(after a SIGKILL, a power cut) re-sends, beside its new stream, what its earlier incarnations
+recorded but the learner never made durable.
+
 Disk errors: the episode folder is checked for writing before the arm moves; an episode that
 cannot be written (full disk, folder gone read-only) stops the actor after that episode's last
 step with one line (`EpisodeWriteError`): no further step is taken, so the arm holds its pose,
@@ -44,6 +49,7 @@ from agent.param_sync import (
     with_acting_params,
 )
 from agent.process_config import ActorConfig, TransportConfig, validate_process_config
+from agent.recovery import DurableLog, earlier_streams, recover_all
 from agent.transport.client import ActorClient
 from agent.transport.protocol import TransitionChunk
 from agent.transport.security import TransportError
@@ -156,6 +162,31 @@ class Actor:
         self._actor_seed = zlib.crc32(actor_cfg.actor_id.encode())
         self._key = jax.random.fold_in(jax.random.PRNGKey(self.seed), self._actor_seed)
         self._first_episode = len(self.store)
+        self._spec, self._action_dim, self._endpoint = spec, action_dim, endpoint
+        self.durable_log = DurableLog(self.store.directory)
+        self._recovery: threading.Thread | None = None
+        self.recovered_streams = 0
+
+    # ------------------------------------------------------------------ earlier incarnations
+
+    def _recovery_client(self, incarnation: str) -> ActorClient:
+        return ActorClient(
+            self.transport_cfg, actor_id=self.acfg.actor_id, config_hash=self.config_hash,
+            observation_spec=self._spec, action_dim=self._action_dim, backbone_digest=backbone_digest(self.agent),
+            endpoint=self._endpoint, incarnation=incarnation, recovery=True)
+
+    def _recover(self) -> None:
+        try:
+            streams = earlier_streams(self.store, self.acfg.actor_id, self.client.incarnation, self.durable_log)
+            if streams:
+                self.report(f"actor '{self.acfg.actor_id}': {len(streams)} earlier incarnation(s) of this actor "
+                            f"left episodes in {self.store.directory} the learner may lack; re-sending beside "
+                            "the new ones")
+            self.recovered_streams = recover_all(
+                streams, make_client=self._recovery_client, durable=self.durable_log,
+                stopping=self._stop.is_set, report=lambda text: self.report(f"actor '{self.acfg.actor_id}': {text}"))
+        except Exception:  # the live stream goes on; the episodes stay on disk
+            log.exception("re-sending earlier incarnations' episodes failed")
 
     # ------------------------------------------------------------------ disk
 
@@ -285,6 +316,8 @@ class Actor:
                 raise TransportError("the learner did not send its frozen image backbone within 30 s; set "
                                      "agent.encoder.pretrained_path to the same weights on both sides")
             self._swap_params()
+            self._recovery = threading.Thread(target=self._recover, name="actor-recovery", daemon=True)
+            self._recovery.start()
             rate = RateMeter(self.clock)
             while not self._stop.is_set() and (acfg.max_episodes == 0 or self.stats.episodes < acfg.max_episodes):
                 if not self._wait(lambda: not self._must_wait(), self._must_wait() or "-", status):
@@ -292,7 +325,16 @@ class Actor:
                 self._check_refused()
                 self._episode(rate, status)
         finally:
+            flush_started = time.monotonic()
             stored = self.client.flush(acfg.flush_timeout_s)
+            if self.client.durable_through:
+                self.durable_log.record(self.client.incarnation, self.client.durable_through)
+            if self._recovery is not None:
+                self._recovery.join(max(0.0, acfg.flush_timeout_s - (time.monotonic() - flush_started)))
+                if self._recovery.is_alive():
+                    self.report(f"actor '{acfg.actor_id}': re-sending earlier incarnations' episodes did not finish "
+                                f"within actor.flush_timeout_s={acfg.flush_timeout_s:g}; they stay in "
+                                f"{self.store.directory} and are re-sent at the next start")
             if not stored:
                 self.report(f"actor '{acfg.actor_id}': the learner did not confirm the last "
                             f"{self.client.last_sequence - self.client.stored_through} message(s) within "
@@ -310,9 +352,13 @@ class Actor:
         seed = int(np.random.SeedSequence([self.seed, self._actor_seed, index]).generate_state(1)[0])
         observation, _ = self.env.reset(seed=seed)
         recorder = EpisodeRecorder(self.store)
+        # Enough to rebuild the chunks this episode is sent as (agent/recovery.py).
         recorder.start(observation, make_metadata(
             **self.episode_metadata, source=source, config_hash=self.config_hash, seed=seed,
-            actor_id=acfg.actor_id, params_version=self.params_version))
+            actor_id=acfg.actor_id, params_version=self.params_version,
+            stream=f"{acfg.actor_id}/{self.client.incarnation}", first_sequence=self.client.last_sequence + 1,
+            episode_index=index))
+        chunk_steps: list[int] = []
         pending = _StepBuffer(index, {k: np.asarray(v) for k, v in observation.items()}, source)
         interventions = 0
         done = False
@@ -330,12 +376,22 @@ class Actor:
             interventions += intervened
             self.stats.period_overruns.append(float(info.get("period_overrun_s", 0.0)))
             pending.add(executed, float(reward), observation, bool(terminated), truncated, intervened, success)
+            chunk = None
             if done or len(pending.rows) >= acfg.send_every_steps:
-                self.client.send(pending.take())  # before the disk write: a full disk loses no step
-            try:
+                chunk = pending.take()
+                chunk_steps.append(len(chunk))
+                if done:
+                    recorder.update_metadata(chunk_steps=chunk_steps)
+            write_error = None
+            try:  # the episode file goes first: a restarted actor re-sends from it (agent/recovery.py)
                 recorder.add(executed, reward, observation, bool(terminated), truncated, intervened,
                              {"success": success})
             except OSError as exc:
+                write_error = exc
+            if chunk is not None:
+                self.client.send(chunk)  # also when the write failed: a full disk loses no step
+            if write_error is not None:
+                exc = write_error
                 self._stop.set()  # no further step: the arm holds its pose
                 written = len(self.store) - self._first_episode
                 raise EpisodeWriteError(

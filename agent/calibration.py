@@ -22,8 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from agent.core import Agent, encode, policy
+from agent.core import Agent, encode, ensemble_eval_actions, is_ensemble, policy
 from agent.data.episodes import Episode
+from agent.off2on import ensemble_q
 from agent.returns import RewardShaping
 
 Curves = list[np.ndarray]
@@ -31,7 +32,10 @@ Curves = list[np.ndarray]
 
 @jax.jit
 def policy_q_values(agent: Agent, observations: dict) -> jax.Array:
-    """Ensemble-mean Q(s, tanh(mean π(s))) for a batch of observations -> (B,)."""
+    """Ensemble-mean Q(s, tanh(mean π(s))) for a batch of observations -> (B,). An Off2On ensemble:
+    its own action, Q averaged over members and their critics."""
+    if is_ensemble(agent):
+        return ensemble_q(agent, observations, ensemble_eval_actions(agent, observations))
     features = encode(agent, agent.critic.params, observations)
     mean, _ = policy(agent, agent.actor.params, features)
     q = agent.nets.critic.apply({"params": agent.critic.params["q"]}, features, jnp.tanh(mean))
@@ -41,6 +45,8 @@ def policy_q_values(agent: Agent, observations: dict) -> jax.Array:
 @jax.jit
 def data_q_values(agent: Agent, observations: dict, actions: jax.Array) -> jax.Array:
     """Ensemble-mean Q(s, a) at given (e.g. recorded) actions -> (B,)."""
+    if is_ensemble(agent):
+        return ensemble_q(agent, observations, actions)
     features = encode(agent, agent.critic.params, observations)
     return agent.nets.critic.apply({"params": agent.critic.params["q"]}, features, actions).mean(axis=0)
 

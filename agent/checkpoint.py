@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,13 +41,18 @@ import orbax.checkpoint as ocp
 from flax import serialization
 
 from agent.config import AgentConfig
-from agent.core import Agent
+from agent.core import Agent, has_value_net
 from agent.data.episodes import fsync_directory
 from robot_env.errors import UserError
 
 _log = logging.getLogger(__name__)
 
 _ARCHITECTURE_SECTIONS = ("network", "encoder")
+# Opening a folder whose steps another process is pruning: this many scans before giving up.
+_OPEN_ATTEMPTS = 5
+# Single keys outside those sections that change the pytree: IQL's value net exists only with it;
+# an Off2On ensemble stacks `ensemble_size` agents on a leading axis (its shapes show N).
+_ARCHITECTURE_KEYS = (("iql", "enabled"), ("off2on", "enabled"))
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -180,6 +186,10 @@ def _config_diff(saved: dict | None, current: AgentConfig | None) -> list[str]:
             before = saved.get(section, {}).get(key)
             if before is not None and before != value:
                 lines.append(f"agent.{section}.{key}: checkpoint {before!r}, now {value!r}")
+    for section, key in _ARCHITECTURE_KEYS:
+        before, value = saved.get(section, {}).get(key, False), now.get(section, {}).get(key)
+        if before != value:
+            lines.append(f"agent.{section}.{key}: checkpoint {before!r}, now {value!r}")
     return lines
 
 
@@ -204,12 +214,21 @@ class AgentCheckpointer:
         self.max_to_keep = max_to_keep
         # Pruning is ours (after the manifest), so orbax keeps everything it is given.
         options = ocp.CheckpointManagerOptions(max_to_keep=None, create=True, enable_async_checkpointing=False)
-        try:
-            self._manager = ocp.CheckpointManager(self.directory, options=options)
-        except Exception as exc:
-            if _is_disk_error(exc):
-                raise CheckpointWriteError(f"cannot create the checkpoint folder {describe_write_failure(self.directory, exc)}") from None
-            raise
+        for attempt in range(_OPEN_ATTEMPTS):
+            try:
+                self._manager = ocp.CheckpointManager(self.directory, options=options)
+                break
+            except Exception as exc:
+                # A reader opening the folder while its learner prunes a step sees that step vanish
+                # mid-scan (FileNotFoundError inside an existing folder): look again.
+                if (isinstance(exc, FileNotFoundError) and self.directory.is_dir()
+                        and attempt + 1 < _OPEN_ATTEMPTS):
+                    time.sleep(0.05 * (attempt + 1))
+                    continue
+                if _is_disk_error(exc):
+                    raise CheckpointWriteError(
+                        f"cannot create the checkpoint folder {describe_write_failure(self.directory, exc)}") from None
+                raise
         # Temporaries are not removed here: a reader (eval, a pipeline polling) must never delete
         # the in-flight save of the process that owns the directory. The owner calls
         # `remove_temporaries()` at start; a failed save removes its own.
@@ -364,20 +383,25 @@ class AgentCheckpointer:
                          self.directory, step)
         return self._read_meta_unverified(step)
 
-    def restore(self, template: Agent, step: int | None = None, config: AgentConfig | None = None) -> tuple[Agent, dict]:
+    def restore(self, template: Agent, step: int | None = None, config: AgentConfig | None = None, *,
+                value_optional: bool = False) -> tuple[Agent, dict]:
         """Restore step `step` (default: the newest usable one) into an agent shaped like `template`.
+
+        `value_optional`: a template with IQL's value net also restores a checkpoint without one
+        (an online learner's, whose WSRL switch dropped it); the agent returned then has none.
+        Evaluation sets it, so `--preset wsrl_iql` evaluates pre-training and learner checkpoints.
 
         Returns (agent, extra). Raises CheckpointMismatchError when the shapes differ and
         CheckpointCorruptError when the step's files fail their checksums. With `step=None` a
         corrupt newest step falls back to the previous one, with one warning line."""
         if step is not None:
-            restored = self._restore_step(template, self._resolve(step), config)
+            restored = self._restore_step(template, self._resolve(step), config, value_optional)
             self.restored_step = step
             return restored
         problems = []
         for candidate in reversed(self.all_steps()):
             try:
-                restored = self._restore_step(template, candidate, config)
+                restored = self._restore_step(template, candidate, config, value_optional)
             except CheckpointMismatchError:
                 raise
             except CheckpointError as exc:
@@ -391,10 +415,13 @@ class AgentCheckpointer:
         raise CheckpointCorruptError(f"no usable checkpoint in {self.directory}: {'; '.join(problems)}. "
                                      "Train again, or point to another checkpoint directory")
 
-    def _restore_step(self, template: Agent, step: int, config: AgentConfig | None) -> tuple[Agent, dict]:
+    def _restore_step(self, template: Agent, step: int, config: AgentConfig | None,
+                      value_optional: bool = False) -> tuple[Agent, dict]:
         meta = self.read_meta(step)
-        expected = {p: _shape_of(leaf) for p, leaf in _flatten(_drop_empty(state_dict(template))).items()}
         found = {p: (tuple(shape), "") for p, shape in meta.get("architecture", {}).items()}
+        if value_optional and has_value_net(template) and not any(p.startswith("value.") for p in found):
+            template = template.replace(value={})
+        expected = {p: _shape_of(leaf) for p, leaf in _flatten(_drop_empty(state_dict(template))).items()}
         problems = compare_architecture(expected, found)
         if problems:
             raise CheckpointMismatchError(self._mismatch_message(step, problems, meta, config))

@@ -14,6 +14,7 @@ from robot_env.errors import ConfigError
 
 _ACTIVATIONS = ("tanh", "relu", "gelu", "swish", "elu")
 BACKBONES = ("resnet10", "resnet18", "resnet34")
+IQL_Q_AGGREGATIONS = ("subsample", "min", "mean")
 
 
 @dataclass
@@ -125,6 +126,30 @@ class CQLConfig:
 
 
 @dataclass
+class IQLConfig:
+    """IQL offline pre-training (Kostrikov et al. 2021; ALGORITHMS.md lists IQL as an initialisation
+    of WSRL): a value net V(s) regressed to an expectile of Q(s, a), Q regressed to
+    r' + discount * mask * V(s'), the actor by advantage-weighted regression onto the data actions.
+    Offline only: the WSRL switch turns it off online (agent/iql.py, docs/agent.md)."""
+
+    enabled: bool = False
+    # tau of the expectile loss |tau - 1(Q - V < 0)| (Q - V)^2. 0.7: the IQL authors' kitchen
+    # config and wsrl's kitchen_iql/adroit_iql/locomotion_iql (0.9 for antmaze).
+    expectile: float = 0.7
+    # beta, the inverse temperature of the actor weights exp(beta * (Q - V)). 0.5: the IQL authors'
+    # kitchen config and wsrl's kitchen_iql/adroit_iql; **choice** (3.0 locomotion, 10.0 antmaze).
+    temperature: float = 0.5
+    # The weights are clipped at this value (IQL's and wsrl's 100).
+    adv_clip: float = 100.0
+    # Adam rate of V (IQL authors and wsrl: 3e-4, as actor and critic).
+    value_lr: float = 3e-4
+    # **choice**: Q(s, a) for V's regression and the advantage, from the target critics: "subsample"
+    # = min over agent.sac.critic_subsample members drawn without replacement (the TD target's rule;
+    # with 2 critics IQL's clipped double Q), "min" over every member (wsrl's IQL, which has 2), "mean".
+    q_aggregation: str = "subsample"
+
+
+@dataclass
 class OnlineConfig:
     """Online phase: WSRL (default), RLPD/SERL and Cal-QL fine-tuning differ only in these keys."""
 
@@ -138,13 +163,42 @@ class OnlineConfig:
 
 
 @dataclass
+class Off2OnConfig:
+    """Off2On (Lee et al. 2021): an ensemble of CQL agents pre-trained independently, fine-tuned
+    online with SAC on balanced replay (agent/off2on.py, docs/agent.md "Off2On")."""
+
+    enabled: bool = False
+    # N: independently initialised agents, pre-trained on their own offline batches, acting as one
+    # (mean of the members' Gaussian means and stds). 4: the paper's manipulation setting (5: locomotion).
+    ensemble_size: int = 4
+    # rho: the first `reference_count` online samples are drawn with probability rho, through the
+    # default priority P0 = (M / reference_count) * rho / (1 - rho). The paper: 0.5 or 0.75.
+    rho: float = 0.5
+    reference_count: int = 1000
+    # T in the priority w^(1/T) / E_offline[w^(1/T)]: 2.5 the paper's manipulation value (5: locomotion).
+    priority_temperature: float = 2.5
+    # w_psi: MLP on (encoder features, action), trained by the JS bound on uniform batches of
+    # `ratio_batch_size` online and as many offline samples each env step (paper: 256, Adam 3e-4, (256, 128)).
+    ratio_hidden_dims: list[int] = field(default_factory=lambda: [256, 128])
+    ratio_lr: float = 3e-4
+    ratio_batch_size: int = 256
+    # **choice**: "softplus" (smooth, never stuck at 0) or "relu" (the reference code's output layer).
+    ratio_output: str = "softplus"
+    # The paper takes more training steps on the first online samples: `early_updates` learner
+    # steps per env step while the online buffer holds fewer than `reference_count` transitions (1 = off).
+    early_updates: int = 5
+
+
+@dataclass
 class AgentConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     sac: SACConfig = field(default_factory=SACConfig)
     cql: CQLConfig = field(default_factory=CQLConfig)
+    iql: IQLConfig = field(default_factory=IQLConfig)
     online: OnlineConfig = field(default_factory=OnlineConfig)
+    off2on: Off2OnConfig = field(default_factory=Off2OnConfig)
 
 
 class AgentConfigError(ConfigError):
@@ -163,7 +217,8 @@ def _dims(key: str, dims: list[int]) -> tuple[bool, str]:
 
 def validate_agent_config(cfg: AgentConfig) -> None:
     """Raise AgentConfigError naming the first key whose value cannot work."""
-    net, enc, sac, cql, online = cfg.network, cfg.encoder, cfg.sac, cfg.cql, cfg.online
+    net, enc, sac, cql, iql, online = cfg.network, cfg.encoder, cfg.sac, cfg.cql, cfg.iql, cfg.online
+    off2on = cfg.off2on
     checks = [
         (math.isfinite(cfg.reward.scale) and cfg.reward.scale != 0,
          f"agent.reward.scale must be a finite non-zero number, got {cfg.reward.scale}"),
@@ -208,9 +263,33 @@ def validate_agent_config(cfg: AgentConfig) -> None:
         (0 <= cql.penalty_members <= net.num_critics,
          "agent.cql.penalty_members must be between 0 (all) and agent.network.num_critics"),
         (cql.init_lagrange_alpha > 0, "agent.cql.init_lagrange_alpha must be > 0"),
+        (0.0 < iql.expectile < 1.0, f"agent.iql.expectile must be in (0, 1), got {iql.expectile}"),
+        (math.isfinite(iql.temperature) and iql.temperature >= 0,
+         f"agent.iql.temperature must be finite and >= 0, got {iql.temperature}"),
+        (math.isfinite(iql.adv_clip) and iql.adv_clip > 0, f"agent.iql.adv_clip must be finite and > 0, got {iql.adv_clip}"),
+        _learning_rate("iql.value_lr", iql.value_lr),
+        (iql.q_aggregation in IQL_Q_AGGREGATIONS,
+         f"agent.iql.q_aggregation must be one of {IQL_Q_AGGREGATIONS}, got '{iql.q_aggregation}'"),
+        (not (iql.enabled and cql.enabled),
+         "agent.iql.enabled and agent.cql.enabled are both true: IQL pre-training has no CQL penalty; set "
+         "agent.cql.enabled=false (--preset wsrl_iql) or agent.iql.enabled=false"),
         (online.offline_ratio == -1 or 0.0 <= online.offline_ratio <= 1.0,
          "agent.online.offline_ratio must be in [0, 1] or -1 (proportional)"),
         (online.warmup_steps >= 0, "agent.online.warmup_steps must be >= 0"),
+        (off2on.ensemble_size >= 1, f"agent.off2on.ensemble_size must be >= 1, got {off2on.ensemble_size}"),
+        (0.0 < off2on.rho < 1.0, f"agent.off2on.rho must be in (0, 1), got {off2on.rho}"),
+        (off2on.reference_count >= 1, f"agent.off2on.reference_count must be >= 1, got {off2on.reference_count}"),
+        (math.isfinite(off2on.priority_temperature) and off2on.priority_temperature > 0,
+         f"agent.off2on.priority_temperature must be finite and > 0, got {off2on.priority_temperature}"),
+        _dims("off2on.ratio_hidden_dims", off2on.ratio_hidden_dims),
+        _learning_rate("off2on.ratio_lr", off2on.ratio_lr),
+        (off2on.ratio_batch_size >= 1, f"agent.off2on.ratio_batch_size must be >= 1, got {off2on.ratio_batch_size}"),
+        (off2on.ratio_output in ("softplus", "relu"),
+         f"agent.off2on.ratio_output must be 'softplus' or 'relu', got '{off2on.ratio_output}'"),
+        (off2on.early_updates >= 1, f"agent.off2on.early_updates must be >= 1, got {off2on.early_updates}"),
+        (not (off2on.enabled and iql.enabled),
+         "agent.off2on.enabled and agent.iql.enabled are both true: Off2On pre-trains CQL agents; set "
+         "agent.iql.enabled=false"),
     ]
     for ok, message in checks:
         if not ok:

@@ -27,7 +27,7 @@ from flax import struct
 from flax.training.train_state import TrainState
 
 from agent.config import AgentConfig, AgentConfigError, validate_agent_config
-from agent.networks import QEnsemble, TanhGaussianPolicy, Trunk, tanh_gaussian_sample
+from agent.networks import QEnsemble, TanhGaussianPolicy, Trunk, ValueNetwork, tanh_gaussian_sample
 from agent.vision import ObservationEncoder, ResNetBackbone, make_backbone
 
 Params = Any
@@ -68,13 +68,15 @@ class UpdateSpec:
     encoder: Any
     sac: Any
     cql: Any
+    iql: Any
 
     @classmethod
     def from_config(cls, cfg: AgentConfig, action_dim: int, image_keys: tuple[str, ...],
                     state_key: str | None) -> UpdateSpec:
         return cls(
             action_dim=int(action_dim), image_keys=tuple(image_keys), state_key=state_key,
-            **{name: frozen_section(getattr(cfg, name)) for name in ("reward", "network", "encoder", "sac", "cql")},
+            **{name: frozen_section(getattr(cfg, name)) for name in ("reward", "network", "encoder", "sac", "cql",
+                                                                         "iql")},
         )
 
     @property
@@ -93,6 +95,7 @@ class Networks:
     target_subset: QEnsemble  # same member architecture, `critic_subsample` members
     actor: TanhGaussianPolicy
     backbone: ResNetBackbone | None
+    value: ValueNetwork  # IQL's V(s); it has parameters only in an agent built with agent.iql.enabled
 
 
 @struct.dataclass
@@ -104,6 +107,9 @@ class Agent:
     temperature: TrainState  # params: {"log_temperature": ()}
     lagrange: TrainState  # params: {"log_alpha": ()}; used only by the CQL Lagrange variant
     frozen_backbone: Params  # backbone params when frozen, else {}
+    # IQL's value net V(s) (a TrainState) when built with agent.iql.enabled, else {}: an empty dict
+    # has no leaves, so other agents' pytrees and checkpoints are as before. The WSRL switch drops it.
+    value: Any
     rng: jax.Array
     nets: Networks = struct.field(pytree_node=False)
     spec: UpdateSpec = struct.field(pytree_node=False)
@@ -136,6 +142,7 @@ def build_networks(cfg: AgentConfig, action_dim: int, image_keys: tuple[str, ...
         actor=TanhGaussianPolicy(_trunk(cfg, net.actor_arch, net.actor_hidden_dims), action_dim,
                                  net.std_min, net.std_max),
         backbone=make_backbone(enc.backbone) if image_keys else None,
+        value=ValueNetwork(critic_trunk),
     )
 
 
@@ -208,6 +215,12 @@ def create_agent(
         else:
             critic_params["backbone"] = backbone_params
 
+    value: Any = {}
+    if cfg.iql.enabled:
+        # Its own key from the critic's, so the other networks initialise as without IQL.
+        value_params = nets.value.init(jax.random.fold_in(k_critic, 1), features)["params"]
+        value = TrainState.create(apply_fn=None, params=value_params, tx=adam(float(cfg.iql.value_lr)))
+
     sac = cfg.sac
     return Agent(
         actor=TrainState.create(apply_fn=None, params=actor_params, tx=adam(float(sac.actor_lr))),
@@ -224,6 +237,7 @@ def create_agent(
             tx=adam(float(cfg.cql.alpha_lr)),
         ),
         frozen_backbone=frozen,
+        value=value,
         rng=rng,
         nets=nets,
         spec=spec,
@@ -340,12 +354,58 @@ def eval_actions(agent: Agent, observations: dict) -> jax.Array:
     return jnp.tanh(mean)
 
 
+# ---------------------------------------------------------------------------------------------
+# Ensembles (Off2On, agent/off2on.py): N agents stacked on a leading axis of every array leaf but
+# the frozen backbone, which all members share (one copy, one encoding of each frame).
+
+
+def is_ensemble(agent: Agent) -> bool:
+    """A stacked ensemble has a step counter per member; an ordinary agent one scalar."""
+    return np.ndim(agent.critic.step) == 1
+
+
+def member_axes(agent: Agent) -> Agent:
+    """`jax.vmap`'s in_axes/out_axes for an ensemble: axis 0 everywhere but the shared backbone."""
+    return jax.tree.map(lambda _: 0, agent.replace(frozen_backbone={})).replace(frozen_backbone=None)
+
+
+def ensemble_policy(ensemble: Agent, observations: dict) -> tuple[jax.Array, jax.Array]:
+    """(mean, log_std) before tanh of the ensemble's one Gaussian: the members' means averaged and
+    their standard deviations averaged (**choice**: the paper acts with "the ensemble's policy"
+    and gives no rule; averaging std keeps a typical member's exploration instead of shrinking it)."""
+
+    def one(agent: Agent) -> tuple[jax.Array, jax.Array]:
+        return policy(agent, agent.actor.params, encode(agent, agent.critic.params, observations))
+
+    means, log_stds = jax.vmap(one, in_axes=(member_axes(ensemble),))(ensemble)
+    return jnp.mean(means, axis=0), jnp.log(jnp.mean(jnp.exp(log_stds), axis=0))
+
+
+@jax.jit
+def ensemble_sample_actions(ensemble: Agent, observations: dict, key: jax.Array) -> jax.Array:
+    mean, log_std = ensemble_policy(ensemble, observations)
+    actions, _ = tanh_gaussian_sample(key, mean, log_std)
+    return actions
+
+
+@jax.jit
+def ensemble_eval_actions(ensemble: Agent, observations: dict) -> jax.Array:
+    mean, _ = ensemble_policy(ensemble, observations)
+    return jnp.tanh(mean)
+
+
 def act(agent: Agent, observation: dict, key: jax.Array | None = None, deterministic: bool = False) -> np.ndarray:
-    """One action for one (unbatched) observation, as a NumPy array."""
+    """One action for one (unbatched) observation, as a NumPy array; an ensemble acts as one."""
     obs = {k: np.asarray(v)[None] for k, v in observation.items()}
+    ensemble = is_ensemble(agent)
     if deterministic or key is None:
-        return np.asarray(eval_actions(agent, obs)[0])
-    return np.asarray(sample_actions(agent, obs, key)[0])
+        return np.asarray((ensemble_eval_actions if ensemble else eval_actions)(agent, obs)[0])
+    return np.asarray((ensemble_sample_actions if ensemble else sample_actions)(agent, obs, key)[0])
+
+
+def has_value_net(agent: Agent) -> bool:
+    """Whether the agent carries IQL's value network (built with agent.iql.enabled)."""
+    return isinstance(agent.value, TrainState)
 
 
 def temperature_value(agent: Agent) -> jax.Array:
@@ -365,8 +425,14 @@ __all__ = [
     "create_agent",
     "encode",
     "encode_frames",
+    "ensemble_eval_actions",
+    "ensemble_policy",
+    "ensemble_sample_actions",
     "eval_actions",
     "feature_maps",
+    "has_value_net",
+    "is_ensemble",
+    "member_axes",
     "replace_spec",
     "sample_actions",
     "uses_feature_cache",

@@ -1,18 +1,20 @@
-"""Train the agent on a state-based gymnasium env: online SAC/REDQ, offline CQL/Cal-QL, then
-online fine-tuning (WSRL, or RLPD-style mixing) — the same agent and update as on the robot.
+"""Train the agent on a state-based gymnasium env: online SAC/REDQ, offline CQL/Cal-QL/IQL,
+then online fine-tuning (WSRL, or RLPD-style mixing) — the same agent and update as on the robot.
 
     run = GymRun(env_id="Pendulum-v1", algo="sac", env_steps=20_000, run_dir=Path("runs/pendulum"))
     summary = train_gym(run, cfg.agent, buffer_factory(cfg.agent), seed=0)
 
 Phases:
 1. offline (only with `offline_data` and `offline_steps` > 0): `offline_steps` single updates
-   (one critic + one actor step each, the Cal-QL recipe) on batches of the offline data;
+   (one critic + one actor step each, the Cal-QL recipe; with IQL also one value step) on
+   batches of the offline data;
 2. online (`env_steps` > 0): one learner step (utd critic updates, one actor update) per env
    step. From scratch, the first `random_steps` act uniformly at random. After offline
    pre-training, WSRL: the frozen pre-trained policy acts (stochastically) for
    `agent.online.warmup_steps`, no updates before the online buffer holds them, and the CQL term
-   is dropped unless `agent.online.keep_cql`. Batches draw `agent.online.offline_ratio` of their
-   samples from the offline data (0 = WSRL, 0.5 = RLPD, -1 = proportional).
+   is dropped unless `agent.online.keep_cql` (IQL and its value net always). Batches draw
+   `agent.online.offline_ratio` of their samples from the offline data (0 = WSRL, 0.5 = RLPD,
+   -1 = proportional).
 
 The run directory gets metrics.jsonl + tensorboard/ (agent.metrics), checkpoints/ (orbax),
 config.yaml is written by the caller, learning_curve.png and summary.json at the end.
@@ -33,6 +35,7 @@ import gymnasium as gym
 import jax
 import numpy as np
 
+from agent import off2on
 from agent.checkpoint import AgentCheckpointer
 from agent.config import AgentConfig
 from agent.core import (
@@ -46,13 +49,15 @@ from agent.core import (
 from agent.data.episodes import Episode
 from agent.data.replay_buffer import BufferFactory, ReplayBuffer
 from agent.gym_env import agent_observations, make_gym_env, normalize_actions, source_spaces
+from agent.iql import update as iql_update
 from agent.metrics import MetricsConfig, MetricsWriter, read_metrics
 from agent.sac import learner_step, update
 from agent.sampling import sample_batches
 from agent.wsrl import policy_drift, updates_allowed, wsrl_switch
 from robot_env.errors import UserError
 
-ALGOS = ("sac", "redq", "calql", "cql")
+ALGOS = ("sac", "redq", "calql", "cql", "iql")
+OFFLINE_ALGOS = ("calql", "cql", "iql")
 
 #: Settings train-gym applies over the config file (the robot's defaults do not fit gym tasks):
 #: dense rewards as the env gives them, gym's usual discount, the raw state fed to the MLPs.
@@ -72,6 +77,8 @@ ALGO_OVERRIDES: dict[str, tuple[str, ...]] = {
     "redq": ("agent.cql.enabled=false",),
     "calql": ("agent.cql.enabled=true", "agent.cql.calql_bound=true"),
     "cql": ("agent.cql.enabled=true", "agent.cql.calql_bound=false"),
+    # IQL pre-training (expectile V, AWR actor; agent.iql.*), then WSRL as after Cal-QL.
+    "iql": ("agent.cql.enabled=false", "agent.iql.enabled=true"),
 }
 
 
@@ -181,7 +188,8 @@ def _buffer(new_buffer: BufferFactory, observation_space: gym.spaces.Dict, actio
 @jax.jit
 def _explore(agent: Agent, observation: dict, key: jax.Array) -> tuple[jax.Array, jax.Array]:
     key, sub = jax.random.split(key)
-    return sample_actions(agent, jax.tree.map(lambda x: x[None], observation), sub)[0], key
+    sample = off2on.ensemble_sample_actions if off2on.is_ensemble(agent) else sample_actions
+    return sample(agent, jax.tree.map(lambda x: x[None], observation), sub)[0], key
 
 
 def episode_success(info: Mapping[str, Any]) -> bool | None:
@@ -200,8 +208,9 @@ def evaluate(agent: Agent, env: gym.Env, episodes: int, seed: int) -> dict[str, 
     for i in range(episodes):
         obs, _ = env.reset(seed=seed + i)
         total, steps, done, info = 0.0, 0, False, {}
+        mean_action = off2on.ensemble_eval_actions if off2on.is_ensemble(agent) else eval_actions
         while not done:
-            action = np.asarray(eval_actions(agent, jax.tree.map(lambda x: x[None], obs))[0])
+            action = np.asarray(mean_action(agent, jax.tree.map(lambda x: x[None], obs))[0])
             obs, reward, terminated, truncated, info = env.step(action)
             total += float(reward)
             steps += 1
@@ -272,13 +281,20 @@ def train_gym(run: GymRun, cfg: AgentConfig, new_buffer: BufferFactory, seed: in
     `metrics` (the config's `metrics:`) adds Weights & Biases, with `run_config` as its run config."""
     if run.algo not in ALGOS:
         raise TrainGymError(f"--algo must be one of {ALGOS}, got '{run.algo}'")
+    if cfg.iql.enabled != (run.algo == "iql"):
+        raise TrainGymError("agent.iql.enabled (--preset wsrl_iql) is IQL pre-training: give --algo iql" if cfg.iql.enabled
+                            else "--algo iql needs agent.iql.enabled=true")
     if run.offline_steps and not run.offline_data:
         raise TrainGymError("--offline-steps needs --offline-data (an episode directory or a Minari dataset id)")
-    if run.algo in ("calql", "cql") and not (run.offline_data and run.offline_steps > 0):
+    if run.algo in OFFLINE_ALGOS and not (run.offline_data and run.offline_steps > 0):
         raise TrainGymError(f"--algo {run.algo} is offline pre-training: give --offline-data and --offline-steps")
     if run.offline_data and run.algo in ("sac", "redq") and cfg.online.offline_ratio == 0:
         raise TrainGymError("--offline-data with --algo sac/redq is RLPD-style mixing: set "
                             "agent.online.offline_ratio (e.g. 0.5), or use --algo calql to pre-train on it")
+    ensemble = bool(cfg.off2on.enabled)
+    if ensemble and not (run.offline_data and run.offline_steps > 0 and run.algo in ("calql", "cql")):
+        raise TrainGymError("agent.off2on.enabled (--preset off2on) pre-trains an ensemble of CQL agents and fine-tunes "
+                            "it on balanced replay: give --algo cql (or calql), --offline-data and --offline-steps")
     if run.eval_every < 1 or run.eval_episodes < 1:
         raise TrainGymError("--eval-every and --eval-episodes must be at least 1")
 
@@ -290,11 +306,11 @@ def train_gym(run: GymRun, cfg: AgentConfig, new_buffer: BufferFactory, seed: in
     run_dir.mkdir(parents=True, exist_ok=True)
 
     example, _ = env.reset(seed=seed)
-    agent = create_agent(cfg, example, action_dim, seed=seed)
+    agent = (off2on.create_ensemble if ensemble else create_agent)(cfg, example, action_dim, seed=seed)
     # Frozen image backbone: the buffers store each frame's features once (as the robot learner
     # does), so the updates never run the backbone; frames stay in the buffer for the episodes.
     feature_cache = uses_feature_cache(agent)
-    initial_agent = agent  # its frozen backbone is the one every later agent keeps
+    initial_agent = off2on.member(agent, 0) if ensemble else agent  # its frozen backbone every later agent keeps
     feature_fn = frozen_feature_fn(lambda: initial_agent) if feature_cache else None
 
     offline_buffer = None
@@ -334,11 +350,18 @@ def train_gym(run: GymRun, cfg: AgentConfig, new_buffer: BufferFactory, seed: in
             # -------------------------------------------------------------- offline pre-training
             if offline_buffer is not None and run.offline_steps > 0:
                 progress = _Progress(run.progress, run.offline_steps, f"offline {run.algo}", "update")
+                offline_update = iql_update if cfg.iql.enabled else update
                 try:
                     for step in range(1, run.offline_steps + 1):
-                        batch = sample_batches(None, offline_buffer, rng, batch_size, 1, 1.0, bootstrap_on_truncation=bootstrap,
-                                               frames=not feature_cache)
-                        agent, metrics = update(agent, jax.tree.map(lambda x: x[0], batch))
+                        if ensemble:  # every member on its own batch, one compiled update for all
+                            batch = off2on.member_batches(offline_buffer, off2on.ensemble_size(agent), batch_size, rng,
+                                                          bootstrap_on_truncation=bootstrap, frames=not feature_cache)
+                            agent, metrics = off2on.ensemble_update(agent, batch)
+                            metrics = off2on.mean_over_members(metrics)
+                        else:
+                            batch = sample_batches(None, offline_buffer, rng, batch_size, 1, 1.0,
+                                                   bootstrap_on_truncation=bootstrap, frames=not feature_cache)
+                            agent, metrics = offline_update(agent, jax.tree.map(lambda x: x[0], batch))
                         offline_done = step
                         if step % run.log_every == 0 or step == run.offline_steps:
                             writer.log(step, _scalars(metrics), prefix="offline")
@@ -364,14 +387,20 @@ def train_gym(run: GymRun, cfg: AgentConfig, new_buffer: BufferFactory, seed: in
             pretrained = offline_done > 0
             if pretrained:
                 frozen = agent
-                agent = wsrl_switch(agent, cfg.online)
+                agent = off2on.switch_online(agent, cfg.online) if ensemble else wsrl_switch(agent, cfg.online)
                 warmup = int(cfg.online.warmup_steps)
             else:
                 frozen = None
                 warmup = int(run.random_steps)
             online_buffer = _buffer(new_buffer, env.observation_space, action_dim, min(run.buffer_capacity, run.env_steps + 2),
                                     feature_fn) if run.env_steps > 0 else None
-            mixing = offline_buffer is not None and cfg.online.offline_ratio != 0
+            mixing = offline_buffer is not None and cfg.online.offline_ratio != 0 and not ensemble
+            balanced = density = None
+            if ensemble and online_buffer is not None:
+                balanced = off2on.BalancedReplay(offline_buffer, online_buffer, cfg.off2on,
+                                                 bootstrap_on_truncation=bootstrap, frames=not feature_cache)
+                density = off2on.DensityStep(cfg.off2on, agent, balanced, rng, seed)
+                auroc_key = jax.random.PRNGKey(seed + 2)
             act_key = jax.random.PRNGKey(seed + 1)
             progress = _Progress(run.progress, run.env_steps, f"online {run.env_id}", "step")
             obs, _ = env.reset(seed=seed)
@@ -405,7 +434,23 @@ def train_gym(run: GymRun, cfg: AgentConfig, new_buffer: BufferFactory, seed: in
                         obs, _ = env.reset()
 
                     ready = online_buffer.num_transitions > 0 or mixing
-                    if ready and updates_allowed(step, warmup):
+                    if balanced is not None and updates_allowed(step, warmup):
+                        # Off2On: more learner steps on the first online samples (the paper's 5x).
+                        repeats = (int(cfg.off2on.early_updates)
+                                   if online_buffer.num_transitions < cfg.off2on.reference_count else 1)
+                        for _ in range(repeats):
+                            drawn = balanced.sample(batch_size, utd, rng)
+                            agent, metrics = off2on.ensemble_learner_step(agent, drawn.batches)
+                            balance = density(agent, drawn)
+                        if step % run.log_every == 0:
+                            metrics = {**_scalars(off2on.mean_over_members(metrics)), **balance}
+                            if online_buffer.num_transitions:
+                                states = balanced.uniform(online_buffer, batch_size, rng)
+                                auroc_key, sub = jax.random.split(auroc_key)
+                                metrics["off2on/q_auroc"] = float(off2on.q_auroc(agent, states["observations"],
+                                                                                 states["actions"], sub))
+                            writer.log(step, metrics, prefix="train")
+                    elif ready and updates_allowed(step, warmup):
                         batches = sample_batches(online_buffer, offline_buffer if mixing else None, rng, batch_size,
                                                  utd, cfg.online.offline_ratio, bootstrap_on_truncation=bootstrap,
                                                  frames=not feature_cache)

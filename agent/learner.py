@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from agent import off2on
 from agent.checkpoint import (
     AgentCheckpointer,
     CheckpointCorruptError,
@@ -50,7 +51,7 @@ from agent.checkpoint import (
     write_json_atomically,
 )
 from agent.config import AgentConfig
-from agent.core import Agent, frozen_feature_fn, uses_feature_cache
+from agent.core import Agent, frozen_feature_fn, is_ensemble, uses_feature_cache
 from agent.data.replay_buffer import (
     BufferFactory,
     BufferShapingError,
@@ -161,6 +162,35 @@ def _gib(nbytes: float) -> str:
 # ------------------------------------------------------------------------------------ bookkeeping
 
 
+class StreamRegistry:
+    """Every stream this run's learners ever welcomed, one JSON line each in `run_dir/streams.jsonl`
+    (appended and fsynced before the WELCOME). A restarted actor may re-send an earlier
+    incarnation's episodes only into a stream listed here: one the run's checkpoints may lack
+    (welcomed, then the learner died before checkpointing it) but never one from another run."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.streams: set[str] = set()
+        try:
+            lines = path.read_text().splitlines()
+        except FileNotFoundError:
+            lines = []
+        for line in lines:
+            try:
+                stream = json.loads(line)["stream"]
+            except (ValueError, KeyError, TypeError):
+                continue  # a line torn by a crash mid-append
+            if isinstance(stream, str):
+                self.streams.add(stream)
+
+    def add(self, stream: str) -> None:
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps({"stream": stream, "at": time.time()}) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.streams.add(stream)
+
+
 @dataclass
 class StreamBook:
     """What the learner holds of one actor stream."""
@@ -226,6 +256,10 @@ class Learner:
         every buffer (online and offline) with the agent's reward shaping; `metrics` (the config's
         `metrics:`) adds Weights & Biases, with `run_config` as its run config."""
         validate_process_config(transport_cfg, learner=learner_cfg)
+        if agent.spec.iql.enabled:
+            # Before any buffer or socket: the SAC update would refuse it only after the warm-up.
+            raise LearnerError("the online learner got an agent with agent.iql.enabled: IQL is offline "
+                               "pre-training; pass the agent through agent.wsrl.wsrl_switch (which drops it)")
         self.link_security = ("CURVE: encrypted, admits the actors in "
                               f"{transport_cfg.curve_authorized_clients_dir}" if transport_cfg.curve
                               else "no CURVE: unencrypted")
@@ -254,10 +288,20 @@ class Learner:
             raise LearnerError(f"{exc}; give the learner a writable learner.run_dir") from None
         self.pretrained = pretrained
         self.agent = agent
-        # The one learner step every update (and its compile) runs: split over learner.devices.
-        self.learner_step, how = data_parallel_step(lcfg.devices, agent_cfg.sac.batch_size, "learner.devices")
-        if self.learner_step is not learner_step:
-            report(f"learner: {how}")
+        self.ensemble = is_ensemble(agent)  # Off2On: N members stacked, trained on balanced replay
+        if self.ensemble:
+            if lcfg.devices > 1:
+                raise LearnerError(f"agent.off2on.enabled trains its ensemble on one device (the members are the "
+                                   f"vmapped axis), not learner.devices={lcfg.devices}: set learner.devices=1")
+            if not offline_dirs:
+                raise LearnerError("agent.off2on.enabled: balanced replay draws from the offline data as well as the "
+                                   "online data; pass the episode directories with --offline-data DIR ...")
+            self.learner_step = off2on.ensemble_learner_step
+        else:
+            # The one learner step every update (and its compile) runs: split over learner.devices.
+            self.learner_step, how = data_parallel_step(lcfg.devices, agent_cfg.sac.batch_size, "learner.devices")
+            if self.learner_step is not learner_step:
+                report(f"learner: {how}")
         self.feature_cache = uses_feature_cache(self.agent)
         feature_fn = self._make_feature_fn() if self.feature_cache else None
         self.feature_fn = feature_fn
@@ -275,9 +319,20 @@ class Learner:
         if self.offline is None and agent_cfg.online.offline_ratio != 0:
             raise LearnerError(f"agent.online.offline_ratio={agent_cfg.online.offline_ratio} mixes offline data "
                                "into every batch: pass the episode directories with --offline-data DIR ...")
+        self.balanced: off2on.BalancedReplay | None = None
+        self.density: off2on.DensityStep | None = None
+        if self.ensemble:
+            # Priorities and w_psi are not checkpointed: after a resume the online samples start again
+            # at the default priority and w_psi from scratch (docs/agent.md, "Off2On").
+            self.balanced = off2on.BalancedReplay(
+                self.offline, self.buffer, agent_cfg.off2on,
+                bootstrap_on_truncation=agent_cfg.reward.bootstrap_on_truncation, frames=not self.feature_cache)
+            self.density = off2on.DensityStep(agent_cfg.off2on, self.agent, self.balanced, self.rng, seed)
+            self._auroc_key = jax.random.PRNGKey(seed + 2)
 
         # Before the server binds its port: a metrics backend that cannot start (metrics.wandb without
         # wandb installed) stops the learner with nothing left open.
+        self.streams = StreamRegistry(self.run_dir / "streams.jsonl")
         self.metrics = MetricsWriter(self.run_dir, tensorboard=lcfg.tensorboard,
                                      wandb=metrics.wandb if metrics else None, config=run_config,
                                      job_type="learner")
@@ -286,7 +341,7 @@ class Learner:
                 transport_cfg, config_hash=config_hash, observation_spec=self.spec, action_dim=self.action_dim,
                 backbone_digest=backbone_digest(self.agent),
                 watermarks={s: Watermarks(b.committed_through, b.committed_through) for s, b in self.books.items()},
-                endpoint=endpoint,
+                endpoint=endpoint, known_streams=self.streams.streams, on_new_stream=self.streams.add,
             )
         except BaseException:
             self.metrics.close()
@@ -294,13 +349,18 @@ class Learner:
         if self.agent.frozen_backbone:
             self.server.set_backbone(export_backbone(self.agent))
         self._stop = threading.Event()
+        # Cleared while `run` compiles the update in the background (storing goes on meanwhile).
+        self._compiled = threading.Event()
+        self._compiled.set()
+        self._compile_error: BaseException | None = None
         self._last_checkpoint_time = time.monotonic()
         self._last_checkpoint_step = self.counters.steps
         self._steps_at_last_log = self.counters.steps
         self._time_at_last_log = time.monotonic()
         self._dirty = False
         self._published_after_warmup = False
-        self._prefetched: dict[str, Any] | None = None  # the next step's batches (learner.prefetch)
+        # The next step's batches and balanced draw (learner.prefetch).
+        self._prefetched: tuple[dict[str, Any], off2on.BalancedDraw | None] | None = None
         self._next_checkpoint_try = 0.0  # after a refused checkpoint: not before this (monotonic s)
         self._metrics_failing = False
         self._pace_mark: tuple[float, int, int] | None = None  # (time, transitions, steps) of the window start
@@ -611,7 +671,11 @@ class Learner:
         if rate <= 0:
             return True
         since_gate = self.online_transitions - self.agent_cfg.online.warmup_steps
-        return self.counters.steps < math.ceil(rate * max(since_gate, 1))
+        budget = max(since_gate, 1)
+        if self.ensemble:  # Off2On: `early_updates` times the steps for the first reference_count samples
+            early = self.agent_cfg.off2on
+            budget += (early.early_updates - 1) * min(max(since_gate, 0), early.reference_count)
+        return self.counters.steps < math.ceil(rate * budget)
 
     @property
     def target_steps_per_transition(self) -> float:
@@ -676,20 +740,21 @@ class Learner:
             return 0.0
 
     def can_update(self) -> bool:
-        return (self.warmup_done and self.buffer.num_transitions > 0 and self._step_budget_left()
+        return (self._compiled.is_set() and self.warmup_done and self.buffer.num_transitions > 0 and self._step_budget_left()
                 and (self.lcfg.max_steps == 0 or self.counters.steps < self.lcfg.max_steps))
 
     def update(self) -> dict[str, float] | None:
         """One learner step. Returns its metrics, or None when it was skipped because a loss or a
         new parameter was not finite (the agent keeps its previous state). Raises LearnerError
         after `learner.max_consecutive_nonfinite_updates` skipped steps in a row."""
-        batches, self._prefetched = self._prefetched, None
-        if batches is None:
-            batches = self._sample_batches()
+        prefetched, self._prefetched = self._prefetched, None
+        batches, draw = prefetched if prefetched is not None else self._sample_batches()
         agent, metrics = self.learner_step(self.agent, batches)  # dispatched; runs while we go on
         if self.lcfg.prefetch and (self.lcfg.max_steps == 0 or self.counters.steps + 1 < self.lcfg.max_steps):
             # The next step's batches, sampled and copied to the device while this step computes.
             self._prefetched = self._sample_batches()
+        if self.ensemble:
+            metrics = off2on.mean_over_members(metrics)
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
         if not bad and not bool(_trainable_state_finite(agent)):
@@ -701,19 +766,29 @@ class Learner:
         self.agent = agent
         self.counters.steps += 1
         self._dirty = True
-        if self.pretrained is not None and self.counters.steps % self.lcfg.log_every_steps == 0:
+        if draw is not None:
+            metrics.update(self.density(agent, draw))  # w_psi step, then the drawn samples' priorities
+            if self.counters.steps % self.lcfg.log_every_steps == 0 and self.buffer.num_transitions:
+                states = self.balanced.uniform(self.buffer, self.agent_cfg.sac.batch_size, self.rng)
+                self._auroc_key, key = jax.random.split(self._auroc_key)
+                metrics["off2on/q_auroc"] = float(off2on.q_auroc(agent, states["observations"], states["actions"], key))
+        elif self.pretrained is not None and self.counters.steps % self.lcfg.log_every_steps == 0:
             last = jax.tree.map(lambda x: x[-1], batches)
             metrics.update({k: float(v) for k, v in
                             policy_drift(self.agent, self.pretrained.actor.params, last["observations"]).items()})
         return metrics
 
-    def _sample_batches(self) -> dict[str, Any]:
-        """One learner step's UTD batches, already where the step reads them (agent/sharding.py)."""
+    def _sample_batches(self) -> tuple[dict[str, Any], off2on.BalancedDraw | None]:
+        """One learner step's UTD batches, already where the step reads them (agent/sharding.py),
+        and for Off2On the balanced-replay draw they came from (its priorities are set after the step)."""
         sac = self.agent_cfg.sac
+        if self.balanced is not None:
+            draw = self.balanced.sample(sac.batch_size, sac.utd, self.rng)
+            return place_batches(self.learner_step, draw.batches), draw
         batches = sample_batches(
             self.buffer, self.offline, self.rng, sac.batch_size, sac.utd, self.agent_cfg.online.offline_ratio,
             bootstrap_on_truncation=self.agent_cfg.reward.bootstrap_on_truncation, frames=not self.feature_cache)
-        return place_batches(self.learner_step, batches)
+        return place_batches(self.learner_step, batches), None
 
     def _skip_nonfinite(self, bad: Sequence[str], batches: Mapping[str, Any]) -> None:
         self._prefetched = None  # may hold the same poisoned episodes: sample again after quarantine
@@ -794,8 +869,22 @@ class Learner:
             "mc_returns": np.zeros(lead, np.float32),
         }
         # Placed as _sample_batches places real batches: a committed array is another compile key.
-        jax.block_until_ready(self.learner_step(self.agent, place_batches(self.learner_step, batches)))
+        agent, _ = self.learner_step(self.agent, place_batches(self.learner_step, batches))
+        jax.block_until_ready(_trainable_state_finite(agent))
+        if self.density is not None:  # Off2On: the w_psi step and the AUROC compile too (results discarded)
+            flat = jax.tree.map(lambda x: x[0], batches)
+            jax.block_until_ready(off2on.compile_density_step(self.density, self.agent, flat, batches))
+            jax.block_until_ready(off2on.q_auroc(self.agent, flat["observations"], flat["actions"],
+                                                 jax.random.PRNGKey(0)))
         self.report(f"learner: compiled in {format_duration(time.monotonic() - started)}")
+
+    def _compile_in_background(self) -> None:
+        try:
+            self.compile_update()
+        except BaseException as exc:  # re-raised by the main loop
+            self._compile_error = exc
+        finally:
+            self._compiled.set()
 
     def publish(self) -> None:
         arrays = export_acting_params(self.agent)
@@ -964,16 +1053,18 @@ class Learner:
         self.report(f"learner listening on {self.server.endpoint} ({self.link_security}; session {self.server.session}); "
                     f"run directory {self.run_dir}")
         self.publish()
-        if not self.warmup_done:
-            self.compile_update()
-        else:
-            self.report("learner: warm-up already done; the first update compiles the learner step "
-                        "(up to a few minutes on a CPU with images)")
+        # Compiled on a thread while this loop goes on storing what the actors send: a compile of
+        # minutes (images on a CPU) must not leave the actors' chunks unacknowledged meanwhile.
+        self._compiled.clear()
+        compiler = threading.Thread(target=self._compile_in_background, name="learner-compile", daemon=True)
+        compiler.start()
         last_metrics: dict[str, float] = {}
         last_log_step = self.counters.steps
         last_status = 0.0
         try:
             while not self._stop.is_set():
+                if self._compile_error is not None:
+                    raise self._compile_error
                 busy = self.can_update()
                 for delivery in self.server.receive(timeout=0.0 if busy else 0.05):
                     self.store(delivery)
@@ -1000,6 +1091,11 @@ class Learner:
                 if lcfg.max_steps and self.counters.steps >= lcfg.max_steps:
                     break
         finally:
+            if compiler.is_alive():
+                # A process that exits while XLA compiles on another thread aborts (and takes what
+                # follows with it): the compile is finished first.
+                self.report("learner: stopping; waiting for the learner step's compile to finish")
+                compiler.join()
             try:
                 # Never from a poisoned state: after a non-finite step the last good checkpoint stays.
                 if self._dirty and not self.counters.nonfinite_streak:

@@ -102,6 +102,16 @@ class QNetwork(nn.Module):
         return nn.Dense(1, kernel_init=default_init())(x)[..., 0]
 
 
+class ValueNetwork(nn.Module):
+    """V(features) -> scalar: IQL's state value, the critic's trunk without the action input."""
+
+    trunk: Trunk
+
+    @nn.compact
+    def __call__(self, features: jax.Array) -> jax.Array:
+        return nn.Dense(1, kernel_init=default_init())(self.trunk(features))[..., 0]
+
+
 class QEnsemble(nn.Module):
     """E independent Q-networks, vmapped: params carry a leading axis E; output (E, ...)."""
 

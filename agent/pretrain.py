@@ -1,4 +1,5 @@
-"""Offline pre-training (Cal-QL, CQL, or any preset with `agent.cql.enabled`) on recorded data.
+"""Offline pre-training on recorded data: Cal-QL or CQL (`agent.cql.enabled`, agent/sac.py) or
+IQL (`agent.iql.enabled`, agent/iql.py; --preset wsrl_iql), exactly one of them.
 
     dataset = load_offline_episodes(["runs/demos", "minari:franka/peg-v0", "old.pkl"], trust_pickle=True)
     summary = pretrain(cfg.agent, cfg.pretrain, dataset, "runs/pretrain", new_buffer=buffer_factory(cfg.agent))
@@ -31,7 +32,9 @@ from agent.data.episodes import Episode
 from agent.data.lerobot_io import ANY_LAYOUT, ExpectedLayout
 from agent.data.replay_buffer import BufferFactory, ReplayBuffer
 from agent.data.sources import MINARI_PREFIX, PICKLE_SUFFIXES, DataSourceError, read_source  # noqa: F401  (MINARI_PREFIX, PICKLE_SUFFIXES: kept importable from here)
+from agent.iql import _iql_learner_step, iql_learner_step
 from agent.metrics import MetricsConfig, MetricsWriter
+from agent.off2on import create_ensemble, ensemble_pretrain_step, ensemble_size, member_batches
 from agent.offline_config import PretrainConfig
 from agent.sac import learner_step, stack_batches
 from agent.sharding import data_parallel_step
@@ -155,8 +158,12 @@ def fill_buffer(episodes: Sequence[Episode], new_buffer: BufferFactory, capacity
 
 def validate_pretrain_config(cfg: AgentConfig, pcfg: PretrainConfig) -> None:
     checks = [
-        (cfg.cql.enabled, "pre-training needs agent.cql.enabled=true: use --preset wsrl (Cal-QL), cql or "
-                          "calql_finetune (rlpd trains from scratch online and has nothing to pre-train)"),
+        (cfg.cql.enabled or cfg.iql.enabled,
+         "pre-training needs agent.cql.enabled=true or agent.iql.enabled=true: use --preset wsrl (Cal-QL), cql, "
+         "calql_finetune or wsrl_iql (IQL) (rlpd trains from scratch online and has nothing to pre-train)"),
+        (not (cfg.cql.enabled and cfg.iql.enabled),
+         "pre-training runs one method but agent.cql.enabled and agent.iql.enabled are both true: set "
+         "agent.cql.enabled=false for IQL (--preset wsrl_iql) or agent.iql.enabled=false for CQL/Cal-QL"),
         (pcfg.steps >= 1, "pretrain.steps must be >= 1"),
         (pcfg.utd >= 1, "pretrain.utd must be >= 1"),
         (pcfg.holdout_episodes >= 0, "pretrain.holdout_episodes must be >= 0"),
@@ -170,12 +177,21 @@ def validate_pretrain_config(cfg: AgentConfig, pcfg: PretrainConfig) -> None:
             raise PretrainError(message)
 
 
+def algorithm_label(cfg: AgentConfig) -> str:
+    """What pre-training runs for this config: "IQL", "Cal-QL", "CQL" or "CQL x4" (an Off2On ensemble)."""
+    if cfg.iql.enabled:
+        return "IQL"
+    label = "Cal-QL" if cfg.cql.calql_bound else "CQL"
+    return f"{label} x{cfg.off2on.ensemble_size}" if cfg.off2on.enabled else label
+
+
 def example_observation(episode: Episode) -> dict[str, np.ndarray]:
     return {k: v[0] for k, v in episode.observations.items()}
 
 
 def _host_metrics(metrics: dict) -> dict[str, float]:
-    return {k: float(v) for k, v in jax.device_get(metrics).items()}
+    # An ensemble's metrics have one value per member: their mean.
+    return {k: float(np.mean(v)) for k, v in jax.device_get(metrics).items()}
 
 
 def pretrain(
@@ -199,7 +215,8 @@ def pretrain(
     run_dir.mkdir(parents=True, exist_ok=True)
     train, held_out = split_holdout(dataset.episodes, pcfg.holdout_episodes)
     action_dim = int(train[0].actions.shape[1])
-    agent = create_agent(cfg, example_observation(train[0]), action_dim, seed=seed)
+    ensemble = bool(cfg.off2on.enabled)
+    agent = (create_ensemble if ensemble else create_agent)(cfg, example_observation(train[0]), action_dim, seed=seed)
     agent = replace_spec(agent, "sac", utd=int(pcfg.utd))
 
     checkpointer = AgentCheckpointer(run_dir / "checkpoints", max_to_keep=pcfg.keep_checkpoints)
@@ -212,15 +229,28 @@ def pretrain(
     batch_size = int(cfg.sac.batch_size)
     bootstrap = bool(cfg.reward.bootstrap_on_truncation)
     frames = not buffer.has_features
-    step_fn, how = data_parallel_step(pcfg.devices, batch_size, "pretrain.devices")
-    if step_fn is not learner_step:
+    members = ensemble_size(agent) if ensemble else 0
+    if ensemble:
+        if pcfg.devices > 1:
+            raise PretrainError(f"agent.off2on.enabled trains its ensemble on one device (its members are the "
+                                f"vmapped axis), not pretrain.devices={pcfg.devices}: set pretrain.devices=1")
+        step_fn, how = ensemble_pretrain_step, ""
+    elif cfg.iql.enabled:
+        step_fn, how = data_parallel_step(pcfg.devices, batch_size, "pretrain.devices",
+                                          step=_iql_learner_step, jitted=iql_learner_step)
+    else:
+        step_fn, how = data_parallel_step(pcfg.devices, batch_size, "pretrain.devices")
+    if step_fn not in (learner_step, iql_learner_step, ensemble_pretrain_step):
         say(f"pretrain: {how}")
 
     def next_batches():
+        if ensemble:  # each member its own utd batches: (N, utd, B, ...)
+            return member_batches(buffer, members, batch_size, rng, groups=pcfg.utd,
+                                  bootstrap_on_truncation=bootstrap, frames=frames)
         return stack_batches([to_agent_batch(buffer.sample(batch_size, rng, frames=frames),
                                              bootstrap_on_truncation=bootstrap) for _ in range(pcfg.utd)])
 
-    extra = {"phase": "pretrain", "agent_preset": (run_info or {}).get("agent_preset", ""),
+    extra = {"phase": "pretrain", "algorithm": algorithm_label(cfg), "agent_preset": (run_info or {}).get("agent_preset", ""),
              "data": dataset.sources}
     calibration_set = held_out or train[: max(1, pcfg.holdout_episodes)]
     last_metrics: dict[str, float] = {}
@@ -233,8 +263,9 @@ def pretrain(
         window_start, window_steps = time.monotonic(), 0
         try:
             if step < pcfg.steps:
-                say(f"pretrain: compiling the learner step ({pcfg.utd} critic update(s) + actor update, batch "
-                    f"{batch_size}; the first step, up to a few minutes on a CPU with image encoders)")
+                updates = "value + critic update(s)" if cfg.iql.enabled else "critic update(s)"
+                say(f"pretrain: compiling the learner step ({algorithm_label(cfg)}: {pcfg.utd} {updates} + actor "
+                    f"update, batch {batch_size}; the first step, up to a few minutes on a CPU with image encoders)")
             compile_started = time.monotonic()
             while step < pcfg.steps:
                 agent, step_metrics = step_fn(agent, next_batches())
@@ -253,8 +284,9 @@ def pretrain(
                     last_metrics["steps_per_s"] = window_steps / max(now - window_start, 1e-9)
                     window_start, window_steps = now, 0
                     writer.log(step, last_metrics, prefix="pretrain")
+                    second = ("value", "value_loss") if cfg.iql.enabled else ("cql_diff", "cql_diff")
                     bar.set_postfix(critic=f"{last_metrics['critic_loss']:.3g}",
-                                    cql_diff=f"{last_metrics.get('cql_diff', float('nan')):.3g}",
+                                    **{second[0]: f"{last_metrics.get(second[1], float('nan')):.3g}"},
                                     q_minus_g=f"{last_metrics.get('q_minus_mc', float('nan')):+.3g}")
                 if step % pcfg.checkpoint_every == 0 and step < pcfg.steps:
                     checkpointer.save(step, agent, cfg, {**extra, "pretrain_step": step})
@@ -271,7 +303,7 @@ def pretrain(
         q, g = calibration_points(agent, calibration_set, cfg.reward.sparse)
         calibration = calibration_summary(q, g)
         writer.log(step, calibration, prefix="calibration")
-    label = "Cal-QL" if cfg.cql.calql_bound else "CQL"
+    label = algorithm_label(cfg)
     episode_set = "held-out" if held_out else "training"
     count = len(calibration_set)
     plot = plot_calibration({label: (q, g)}, run_dir / "calibration.png", episodes_to_show=pcfg.plot_episodes,

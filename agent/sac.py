@@ -179,6 +179,9 @@ def critic_gradients(agent: Agent, batch: Batch) -> tuple[jax.Array, Params, dic
     """The critic loss (TD + the (Cal-)CQL penalty), its gradient, the metrics and the next RNG
     for `batch`: the one gradient computation `update_critic` applies and the tests inspect."""
     spec = agent.spec
+    if spec.iql.enabled:
+        raise AgentConfigError("the SAC update got an agent with agent.iql.enabled: IQL is offline pre-training "
+                               "(agent.iql.iql_learner_step); switch the agent online with agent.wsrl.wsrl_switch")
     rng, k_aug, k_target, k_cql, k_loss = jax.random.split(agent.rng, 5)
     if spec.encoder.augment and spec.image_keys:
         batch = _augment(agent, batch, k_aug)

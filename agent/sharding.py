@@ -48,12 +48,12 @@ class DataParallelStep:
 
     Batches are stacked UTD groups (utd, batch, ...), so the split is along axis 1."""
 
-    def __init__(self, devices: list[jax.Device]):
+    def __init__(self, devices: list[jax.Device], step: Callable[[Agent, dict], tuple[Agent, dict]] = _learner_step):
         self.devices = list(devices)
         mesh = Mesh(self.devices, (BATCH_AXIS,))
         self.replicated = NamedSharding(mesh, PartitionSpec())
         self.split = NamedSharding(mesh, PartitionSpec(None, BATCH_AXIS))
-        self._step = jax.jit(_learner_step, out_shardings=(self.replicated, self.replicated))
+        self._step = jax.jit(step, out_shardings=(self.replicated, self.replicated))
 
     def place_batches(self, batches: dict) -> dict:
         """Host (or single-device) batches -> one slice of the batch axis on each device."""
@@ -67,9 +67,12 @@ class DataParallelStep:
         return self._step(self.place_agent(agent), self.place_batches(batches))
 
 
-def data_parallel_step(devices: int, batch_size: int, key: str) -> tuple[LearnerStep, str]:
+def data_parallel_step(devices: int, batch_size: int, key: str, *, step: LearnerStep = _learner_step,
+                       jitted: LearnerStep = learner_step) -> tuple[LearnerStep, str]:
     """The learner step for `devices` (the value of config key `key`) and a line saying how it
-    runs. A batch size that does not split evenly over the devices is a ShardingError."""
+    runs. A batch size that does not split evenly over the devices is a ShardingError. `step`
+    (un-jitted) and `jitted` (its one-device compiled form) default to SAC's; IQL pre-training
+    passes `agent.iql._iql_learner_step` and `iql_learner_step`."""
     chosen = local_devices(devices, key)
     count = len(chosen)
     if batch_size % count:
@@ -77,8 +80,8 @@ def data_parallel_step(devices: int, batch_size: int, key: str) -> tuple[Learner
                             f"({key}={devices}); set agent.sac.batch_size to a multiple of {count} or {key} "
                             "to a count that divides it")
     if count == 1:
-        return learner_step, f"learner step on 1 device ({chosen[0].platform})"
-    return DataParallelStep(chosen), (f"learner step data-parallel on {count} {chosen[0].platform} devices: "
+        return jitted, f"learner step on 1 device ({chosen[0].platform})"
+    return DataParallelStep(chosen, step), (f"learner step data-parallel on {count} {chosen[0].platform} devices: "
                                       f"{batch_size // count} samples of each batch per device, agent replicated")
 
 

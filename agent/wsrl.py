@@ -2,7 +2,10 @@
 
 `wsrl_switch` keeps every leaf of the pre-trained agent (actor, critics, target critics,
 temperature, optimizer moments, RNG, frozen backbone) and changes only static settings: the CQL
-term is dropped (or kept with the online alpha for Cal-QL-style fine-tuning). The learner gates
+term is dropped (or kept with the online alpha for Cal-QL-style fine-tuning). After IQL
+pre-training (`agent.iql.enabled`, --preset wsrl_iql) it also switches IQL off and drops the
+value net V, which SAC does not use: the online agent (and its checkpoints, its parameter
+messages) is then shaped exactly like one pre-trained with Cal-QL. The learner gates
 updates with `updates_allowed` until the online buffer holds the warm-up transitions, which the
 actor collects with the frozen pre-trained policy (`act(pretrained, obs, key)`, stochastic).
 """
@@ -15,11 +18,14 @@ import jax
 import jax.numpy as jnp
 
 from agent.config import AgentConfig, OnlineConfig
-from agent.core import Agent, Params, create_agent, encode, policy, replace_spec
+from agent.core import Agent, Params, create_agent, encode, has_value_net, policy, replace_spec
 
 
 def wsrl_switch(pretrained: Agent, online: OnlineConfig) -> Agent:
-    """The online agent: identical state, CQL dropped unless `online.keep_cql`."""
+    """The online agent: identical state, CQL dropped unless `online.keep_cql`, IQL (and its
+    value net) dropped always: the online phase is SAC."""
+    if pretrained.spec.iql.enabled or has_value_net(pretrained):
+        pretrained = replace_spec(pretrained.replace(value={}), "iql", enabled=False)
     if online.keep_cql:
         return replace_spec(pretrained, "cql", enabled=True, alpha=float(online.cql_alpha), lagrange=False)
     return replace_spec(pretrained, "cql", enabled=False)
@@ -35,6 +41,8 @@ def start_online_from_checkpoint(
     """Restore a pre-trained agent and switch it online.
 
     Returns (online agent, frozen pre-trained agent for the warm-up and the drift metrics, extra).
+    With `cfg.iql.enabled` the checkpoint must hold IQL's value net (it is restored, then
+    dropped by the switch); the frozen agent keeps it and the IQL setting, unused.
     """
     from agent.checkpoint import restore_agent
 

@@ -169,15 +169,18 @@ def check_backbone_weights(cfg: Config, *, policy: bool = True, classifier: bool
 
 
 def build_agent(cfg: Config, env: gym.Env | None = None, *, seed: int | None = None) -> Agent:
-    """A fresh agent sized from `env`'s spaces (or, without an env, from the config's)."""
+    """A fresh agent sized from `env`'s spaces (or, without an env, from the config's); with
+    agent.off2on.enabled, the stacked ensemble of agent/off2on.py."""
     from agent.core import create_agent
+    from agent.off2on import create_ensemble
 
     if env is not None:
         spec = {k: (tuple(s.shape), np.dtype(s.dtype)) for k, s in env.observation_space.spaces.items()}
         action_dim = int(np.prod(env.action_space.shape))
     else:
         spec, action_dim = observation_spec(cfg)
-    return create_agent(cfg.agent, example_observation(spec), action_dim, seed=cfg.seed if seed is None else seed)
+    make = create_ensemble if cfg.agent.off2on.enabled else create_agent
+    return make(cfg.agent, example_observation(spec), action_dim, seed=cfg.seed if seed is None else seed)
 
 
 # ------------------------------------------------------------------------------------ buffers
@@ -223,7 +226,13 @@ def build_learner(cfg: Config, *, pretrained_dir: str | None = None, offline_dir
     report(f"learner: {use_device(cfg.learner.device, 'learner.device')}")
     warn_random_backbone(cfg, report)
     spec, action_dim = observation_spec(cfg)
-    if pretrained_dir:
+    if cfg.agent.off2on.enabled:  # the stacked ensemble; the switch is applied to its shared settings
+        from agent.checkpoint import restore_agent
+        from agent.off2on import switch_online
+
+        pretrained = restore_agent(pretrained_dir, build_agent(cfg), None, cfg.agent)[0] if pretrained_dir else None
+        online = switch_online(pretrained if pretrained is not None else build_agent(cfg), cfg.agent.online)
+    elif pretrained_dir:
         online, pretrained, _ = start_online_from_checkpoint(pretrained_dir, cfg.agent, example_observation(spec),
                                                              action_dim)
     else:

@@ -32,7 +32,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         "--preset",
         default=None,
         metavar="NAME",
-        help="agent preset from configs/agents/ (wsrl, rlpd, calql_finetune, wsrl_nowarmup, cql), "
+        help="agent preset from configs/agents/ (wsrl, rlpd, calql_finetune, wsrl_nowarmup, cql, wsrl_iql, off2on), "
         "applied over the config file and under the KEY=VALUE overrides",
     )
     parser.add_argument(

@@ -36,6 +36,10 @@ DONE_FILE = "DONE.json"
 COMPARE_METHODS = ("wsrl", "rlpd", "calql_finetune", "wsrl_nowarmup")
 #: Presets whose learner starts from the Cal-QL checkpoint (rlpd starts from scratch).
 PRETRAINED_PRESETS = ("wsrl", "calql_finetune", "wsrl_nowarmup", "cql")
+#: Presets that pre-train in their own way (`franka-rl pretrain --preset NAME`) in stages
+#: `pretrain.<name>` and `eval_pretrain.<name>`, run only when the method is asked for: Off2On's
+#: ensemble of CQL agents, and WSRL's IQL initialisation.
+OWN_PRETRAIN_PRESETS = ("off2on", "wsrl_iql")
 #: Every stage, in order. A compared run's online stages are `online.<method>.s<seed>` and
 #: `eval_online.<method>.s<seed>`; `--stages online` selects all of them.
 STAGE_NAMES = ("demos", "offline", "rewards", "classifier", "pretrain", "eval_pretrain", "online", "eval_online")
@@ -194,6 +198,32 @@ def data_stages(plan: PipelinePlan) -> list[Stage]:
     return stages
 
 
+def own_pretrain_stages(plan: PipelinePlan, method: str) -> list[Stage]:
+    """Pre-training and its evaluation for a method of OWN_PRETRAIN_PRESETS, from stages 1-2's data."""
+    p, out = plan.profile, plan.out
+    run_dir = pretrain_run_dir(out, method)
+    return [
+        Stage(f"pretrain.{method}", run_dir.parent, [franka_rl(
+            "pretrain", "--preset", method, "--out", str(run_dir), "--steps", str(p.pretrain_steps),
+            *plan.common("pretrain"), "--data", *map(str, offline_data(out)))], resumable=True,
+            inputs=("demos", "offline")),
+        Stage(f"eval_pretrain.{method}", out / f"eval_pretrain.{method}", [franka_rl(
+            "eval", "--preset", method, "--checkpoint", str(run_dir), "--episodes", str(p.eval_episodes),
+            "--out", str(out / f"eval_pretrain.{method}" / "eval"), *plan.common("eval"))],
+            inputs=(f"pretrain.{method}",)),
+    ]
+
+
+def pretrain_run_dir(out: Path, method: str) -> Path:
+    """Where the pre-trained agent a method starts from lives."""
+    return out / (f"pretrain.{method}" if method in OWN_PRETRAIN_PRESETS else "pretrain") / "run"
+
+
+def pretrain_eval_results(out: Path, method: str) -> Path:
+    return out / (f"eval_pretrain.{method}" if method in OWN_PRETRAIN_PRESETS else "eval_pretrain") / "eval" / \
+        "results.json"
+
+
 def offline_data(out: Path) -> list[Path]:
     return [out / "demos" / "episodes", out / "offline" / "episodes"]
 
@@ -206,10 +236,11 @@ def preset_has_warmup(method: str) -> bool:
 
 def preset_samples_offline_data(method: str) -> bool:
     """Whether the method's online batches mix in offline data (RLPD's half, Cal-QL fine-tuning's
-    proportional share): its learner then needs the episode folders."""
+    proportional share, Off2On's balanced replay): its learner then needs the episode folders."""
     from franka_rl.config import load_config
 
-    return load_config(preset=method).agent.online.offline_ratio != 0
+    agent = load_config(preset=method).agent
+    return agent.online.offline_ratio != 0 or agent.off2on.enabled
 
 
 def online_stage(plan: PipelinePlan, method: str, seed: int, name: str, directory: Path, port: int) -> Stage:
@@ -219,8 +250,9 @@ def online_stage(plan: PipelinePlan, method: str, seed: int, name: str, director
     if preset_has_warmup(method):
         shared.append(f"agent.online.warmup_steps={p.warmup_steps}")
     learner_args = ["--preset", method]
-    if method in PRETRAINED_PRESETS:
-        learner_args += ["--pretrained", str(out / "pretrain" / "run" / "checkpoints")]
+    pretrained = method in PRETRAINED_PRESETS or method in OWN_PRETRAIN_PRESETS
+    if pretrained:
+        learner_args += ["--pretrained", str(pretrain_run_dir(out, method) / "checkpoints")]
     learner = franka_rl(
         "learner", *learner_args,
         *plan.common("learner", *shared, f"learner.run_dir={directory / 'learner'}",
@@ -235,7 +267,8 @@ def online_stage(plan: PipelinePlan, method: str, seed: int, name: str, director
               if p.use_classifier else [])
     actor = franka_rl("actor", "--preset", method,
                       *plan.common("actor", *shared, f"actor.episodes_dir={directory / 'episodes'}", *reward))
-    inputs = (("pretrain",) if method in PRETRAINED_PRESETS else ()) + offline_inputs
+    pretrain_stage = f"pretrain.{method}" if method in OWN_PRETRAIN_PRESETS else "pretrain"
+    inputs = ((pretrain_stage,) if pretrained else ()) + offline_inputs
     if p.use_classifier:
         inputs += ("classifier",)
     return Stage(name, directory, [learner, actor], online_steps=p.online_steps,
@@ -267,9 +300,9 @@ def eval_commands(plan: PipelinePlan, method: str, learner_dir: Path,
     picks = nearest_checkpoints(checkpoint_transitions(learner_dir), plan.profile.eval_marks)
     commands, marks = [], {}
     for mark in plan.profile.eval_marks:
-        if mark == 0 and method in PRETRAINED_PRESETS:
+        if mark == 0 and (method in PRETRAINED_PRESETS or method in OWN_PRETRAIN_PRESETS):
             marks["0"] = {"checkpoint": "pretrain", "online_steps": 0,
-                          "results": str(plan.out / "eval_pretrain" / "eval" / "results.json")}
+                          "results": str(pretrain_eval_results(plan.out, method))}
             continue
         if mark not in picks:
             continue
@@ -601,6 +634,9 @@ def run_pipeline(plan: PipelinePlan, *, methods: Sequence[str] = ("wsrl",), seed
     try:
         for stage in data_stages(plan):
             runner.run(stage)
+        for method in dict.fromkeys(m for m in methods if m in OWN_PRETRAIN_PRESETS):
+            for stage in own_pretrain_stages(plan, method):
+                runner.run(stage)
         for method in methods:
             for seed in seeds:
                 suffix = f".{method}.s{seed}" if compare else ""

@@ -131,6 +131,91 @@ def plot_compare(runs: Sequence[dict], marks: Sequence[int], path: Path) -> Path
                                 title="methods compared: mean and range over seeds", legend_size=8)
 
 
+#: Off2On's balanced-replay diagnostics in the learner's metrics.jsonl (agent/off2on.py).
+OFF2ON_SERIES = {
+    "offline_fraction": "train/off2on/offline_fraction",
+    "priority_online_mean": "train/off2on/priority_online_mean",
+    "priority_offline_mean": "train/off2on/priority_offline_mean",
+    "q_auroc": "train/off2on/q_auroc",
+}
+
+
+def balanced_replay_series(learner_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{series: (online transitions, values)} from a learner's metrics.jsonl; empty for a learner
+    without balanced replay. The x axis is the online transitions logged with the same learner step."""
+    from agent.metrics import read_metrics
+
+    path = learner_dir / "metrics.jsonl"
+    if not path.is_file():
+        return {}
+    rows = read_metrics(path)
+    transitions = {r["step"]: r["online/transitions"] for r in rows if "online/transitions" in r}
+    series = {}
+    for name, key in OFF2ON_SERIES.items():
+        points = [(transitions[r["step"]], r[key]) for r in rows
+                  if key in r and r["step"] in transitions and np.isfinite(r[key])]
+        if points:
+            xs, ys = zip(*points, strict=True)
+            series[name] = (np.asarray(xs, float), np.asarray(ys, float))
+    return series
+
+
+def plot_balanced_replay(runs: Sequence[dict], path: Path) -> Path | None:
+    """Off2On runs: the offline fraction of the update batches and the Q-ensemble AUROC against
+    online steps (the paper's two diagnostics); None when no run has them."""
+    curves = [(run, balanced_replay_series(Path(run["online_dir"]) / "learner")) for run in runs]
+    curves = [(run, c) for run, c in curves if c]
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for index, (run, c) in enumerate(curves):
+        label = f"{run['method']} s{run['seed']}"
+        if "offline_fraction" in c:
+            left.plot(*c["offline_fraction"], "-", color=f"C{index}", label=label)
+        if "q_auroc" in c:
+            right.plot(*c["q_auroc"], "-", color=f"C{index}", label=label)
+    left.set(xlabel="online env steps", ylabel="offline fraction of update batches", ylim=(-0.03, 1.03),
+             title="balanced replay: offline share of each batch")
+    right.set(xlabel="online env steps", ylabel="AUROC of Q(s, a_taken) vs Q(s, a_uniform)", ylim=(-0.03, 1.03),
+              title="Q-ensemble ranks taken actions above random ones")
+    right.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _last(series: dict, name: str) -> str:
+    return f"{series[name][1][-1]:.2f}" if name in series else "–"
+
+
+def _mean(series: dict, name: str) -> str:
+    return f"{np.mean(series[name][1]):.2f}" if name in series else "–"
+
+
+def _balanced_replay_rows(runs: Sequence[dict]) -> list[str]:
+    rows = []
+    for run in runs:
+        c = balanced_replay_series(Path(run["online_dir"]) / "learner")
+        if not c:
+            continue
+        if not rows:
+            rows = ["| run | offline fraction (mean / last) | mean w̃ online | mean w̃ offline | Q AUROC (last) |",
+                    "|---|---:|---:|---:|---:|"]
+        rows.append(f"| {run['method']} s{run['seed']} | {_mean(c, 'offline_fraction')} / "
+                    f"{_last(c, 'offline_fraction')} | {_mean(c, 'priority_online_mean')} | "
+                    f"{_mean(c, 'priority_offline_mean')} | {_last(c, 'q_auroc')} |")
+    return rows
+
+
 def copy_videos(out: Path, runs: Sequence[dict], marks: Sequence[int], report: Path) -> list[str]:
     """Copy the evaluation videos of the pre-trained policy and (one run) of its last evaluated
     checkpoint into the report: what the numbers look like."""
@@ -185,12 +270,18 @@ def write_report(plan: Any, results: Sequence[Any], runs: Sequence[dict], *, com
     report.mkdir(parents=True, exist_ok=True)
     marks = list(plan.profile.eval_marks)
     pretrain_eval = _read_json(out / "eval_pretrain" / "eval" / "results.json")
+    from franka_rl.pipeline import OWN_PRETRAIN_PRESETS, pretrain_eval_results
+
+    own_pretrain = {m: _read_json(pretrain_eval_results(out, m))
+                    for m in dict.fromkeys(r["method"] for r in runs) if m in OWN_PRETRAIN_PRESETS}
 
     lines = ["# Pipeline results", "",
              f"Profile: {plan.profile.description or '(custom)'}; output: `{out}`.", "",
              "## Stages", "", *_stage_rows(results), "",
              f"## Success from {plan.profile.eval_episodes} spread initial poses", "",
-             f"- Cal-QL offline (pre-trained policy): **{_fraction(pretrain_eval)}**", ""]
+             f"- Cal-QL offline (pre-trained policy): **{_fraction(pretrain_eval)}**",
+             *(f"- {m} offline (its own pre-trained agent): **{_fraction(r)}**" for m, r in own_pretrain.items()),
+             ""]
     if compare:
         lines += ["Success at each online-step mark (mean ± half the range over seeds; each seed "
                   "evaluated at its learner checkpoint nearest the mark); online steps, episodes and "
@@ -202,6 +293,11 @@ def write_report(plan: Any, results: Sequence[Any], runs: Sequence[dict], *, com
             for mark, res in sorted(mark_results(Path(run["eval_dir"]), marks).items()):
                 lines.append(f"| {mark} | {res['checkpoint']} | {res['online_steps']} | {_fraction(res)} |")
         lines.append("")
+    balanced = _balanced_replay_rows(runs)
+    if balanced:
+        lines += ["Balanced replay (Off2On): the offline share of the update batches, the mean priority w̃ "
+                  "of the online and offline samples drawn, and the Q-ensemble's AUROC of taken against "
+                  "uniform actions (plot: `balanced_replay.png`):", "", *balanced, ""]
     total = sum(r.wall_s for r in results)
     videos = copy_videos(out, runs, marks, report)
     judge = "the reward classifier" if plan.profile.use_classifier else "the twin"
@@ -228,6 +324,7 @@ def write_report(plan: Any, results: Sequence[Any], runs: Sequence[dict], *, com
         plot_success(runs, marks, report / "success_vs_online_steps.png")
         if compare:
             plot_compare(runs, marks, report / "compare_success.png")
+        plot_balanced_replay(runs, report / "balanced_replay.png")
     calibration = out / "pretrain" / "run" / "calibration.png"
     if calibration.is_file():
         shutil.copyfile(calibration, report / "calibration.png")

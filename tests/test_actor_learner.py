@@ -168,3 +168,47 @@ def test_actor_learner_survive_a_learner_crash_and_lose_nothing(tmp_path):
                                      shaping=reward_shaping(load_config(None).agent))
     assert buffer.num_transitions == produced
     assert episodes(store_0)[-1]["params_version"] > 0
+
+
+def test_a_killed_actor_restarted_resends_what_no_learner_checkpointed(tmp_path):
+    """The actor and the learner are both SIGKILLed before any checkpoint: the chunks the actor held
+    in memory and the learner's buffer are gone, only the episode files remain. The restarted actor
+    re-sends its earlier incarnation's episodes from its folder beside its new ones, and the
+    learner ends with every recorded transition exactly once."""
+    port = free_port()
+    common = overrides(tmp_path, port)
+    never_checkpoint = ["learner.checkpoint_every_steps=1000000", "learner.checkpoint_interval_s=100000"]
+    learner_dir = tmp_path / "learner"
+    store = tmp_path / "actors" / "actor-0" / "episodes"
+    processes: list[Process] = []
+    try:
+        learner = Process("learner-1", ["learner", *common, *never_checkpoint], tmp_path)
+        actor = Process("actor-0a", ["actor", *common, "actor.actor_id=actor-0"], tmp_path)
+        processes += [learner, actor]
+        wait_until(lambda: len(episodes(store)) >= 3, 150, "three recorded episodes", processes)
+        actor.kill()
+        learner.kill()
+        assert checkpoint_extra(learner_dir) == {}  # nothing was ever durable
+        first_incarnation = {m["stream"] for m in episodes(store)}
+        assert len(first_incarnation) == 1
+
+        learner = Process("learner-2", ["learner", *common], tmp_path)
+        actor = Process("actor-0b", ["actor", *common, "actor.actor_id=actor-0"], tmp_path)
+        processes += [learner, actor]
+        wait_until(lambda: "are in a learner checkpoint" in actor.text(), 150,
+                   "the earlier incarnation's episodes in a checkpoint", processes[2:])
+        wait_until(lambda: len({m["stream"] for m in episodes(store)}) == 2, 60, "the new incarnation's episodes",
+                   processes[2:])
+        assert actor.stop() == 0, actor.text()[-3000:]
+        assert learner.stop() == 0, learner.text()[-3000:]
+    finally:
+        for p in processes:
+            p.kill()
+
+    recorded = episodes(store)
+    extra = checkpoint_extra(learner_dir)
+    by_stream = {}
+    for meta in recorded:
+        by_stream[meta["stream"]] = by_stream.get(meta["stream"], 0) + meta["length"]
+    assert {s: state["transitions"] for s, state in extra["streams"].items()} == by_stream
+    assert extra["transitions"] == sum(m["length"] for m in recorded)  # 0 lost, none twice

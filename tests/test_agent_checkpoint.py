@@ -145,3 +145,30 @@ def test_rlpd_mixed_batches():
     assert offline_batch_size(256, 0.5, 10, 0) == 256
     with pytest.raises(ValueError):
         offline_batch_size(256, 1.5, 10, 10)
+
+
+def test_opening_a_folder_while_its_learner_prunes_a_step_looks_again(tmp_path, monkeypatch):
+    """A reader (eval, a test polling a live learner) scanning the folder while the learner deletes
+    an old step sees that step vanish mid-scan; that is not a disk error: it scans again."""
+    import orbax.checkpoint as ocp
+
+    from agent.checkpoint import AgentCheckpointer, CheckpointWriteError
+
+    real, calls = ocp.CheckpointManager, []
+
+    def vanishing_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise FileNotFoundError(2, "No such file or directory", str(tmp_path / "checkpoints" / "18"))
+        return real(*args, **kwargs)
+
+    (tmp_path / "checkpoints").mkdir()
+    monkeypatch.setattr(ocp, "CheckpointManager", vanishing_once)
+    assert AgentCheckpointer(tmp_path / "checkpoints").latest_step() is None and len(calls) == 2
+
+    def always_missing(*args, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory", "x")
+
+    monkeypatch.setattr(ocp, "CheckpointManager", always_missing)
+    with pytest.raises(CheckpointWriteError, match="cannot create the checkpoint folder"):
+        AgentCheckpointer(tmp_path / "checkpoints")

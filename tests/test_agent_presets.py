@@ -8,7 +8,7 @@ from franka_rl.config import AGENT_PRESET_DIR, ConfigError, agent_presets, load_
 
 
 def test_every_preset_is_listed_and_loads():
-    assert set(agent_presets()) >= {"wsrl", "rlpd", "calql_finetune", "wsrl_nowarmup", "cql"}
+    assert set(agent_presets()) >= {"wsrl", "rlpd", "calql_finetune", "wsrl_nowarmup", "cql", "wsrl_iql"}
     for name in agent_presets():
         cfg = load_config(preset=name)
         assert cfg.agent_preset == name
@@ -23,6 +23,10 @@ def test_presets_set_what_the_recipes_need():
     assert cql.cql.enabled and not cql.cql.calql_bound
     rlpd = load_config(preset="rlpd").agent
     assert not rlpd.cql.enabled and rlpd.online.offline_ratio == 0.5 and rlpd.online.warmup_steps == 0
+    iql = load_config(preset="wsrl_iql").agent  # WSRL from an IQL initialisation: online as wsrl
+    assert iql.iql.enabled and not iql.cql.enabled and (iql.iql.expectile, iql.iql.temperature) == (0.7, 0.5)
+    assert not iql.online.keep_cql and iql.online.warmup_steps == 5000 and iql.online.offline_ratio == 0.0
+    assert not wsrl.iql.enabled and not cql.iql.enabled  # the other presets leave IQL off
     finetune = load_config(preset="calql_finetune").agent
     assert finetune.online.keep_cql and finetune.online.cql_alpha == 0.5 and finetune.online.offline_ratio == -1.0
 
@@ -70,6 +74,8 @@ def test_cli_preset_flag(capsys):
     assert main(["show-config", "--preset", "cql"]) == 0
     out = capsys.readouterr().out
     assert "agent_preset: cql" in out and "calql_bound: false" in out
+    assert main(["show-config", "--preset", "wsrl_iql"]) == 0
+    assert "agent_preset: wsrl_iql" in capsys.readouterr().out
     assert main(["show-config", "--preset", "cql", "agent.cql.calql_bound=true"]) == 0
     assert "calql_bound: true" in capsys.readouterr().out
     assert main(["show-config", "--preset", "nope"]) == 2

@@ -433,13 +433,19 @@ class CountingEnv(gym.Env):
 
 
 class RecordingClient:
+    """The actor's transport as far as one episode needs it: numbers and counts what is sent."""
+
     learner_warmup = False
+    incarnation = "recording"
 
     def __init__(self):
         self.steps_sent = 0
+        self.last_sequence = 0
 
     def send(self, chunk):
         self.steps_sent += len(chunk)
+        self.last_sequence += 1
+        return self.last_sequence
 
     def latest_params(self):
         return None

@@ -116,6 +116,41 @@ def test_runs_end_to_end_and_writes_the_report(finished_run):
     assert not children_of_run(out)
 
 
+def test_off2on_pretrains_its_ensemble_and_runs_online_on_balanced_replay(finished_run, profile, tmp_path):
+    """`--methods off2on` from the same recorded data: its own pre-training stage (an ensemble of
+    CQL agents) and evaluation, the online stage with the offline data for balanced replay, and
+    the report's balanced-replay table and plot."""
+    import shutil
+
+    source, code = finished_run
+    assert code == 0
+    out = tmp_path / "run"
+    for stage in ("demos", "offline", "pretrain", "eval_pretrain"):  # done: skipped, as a rerun would
+        shutil.copytree(source / stage, out / stage)
+    # At the robot's 10 Hz and long enough for the learner to compile its step (on a thread, while
+    # it stores) and then train: the twin's actor outruns a compile when not paced.
+    longer = tmp_path / "longer.yaml"
+    longer.write_text(TINY_PROFILE.replace("online_steps: 40", "online_steps: 250")
+                      .replace("eval_marks: [0, 40]", "eval_marks: [0, 250]")
+                      .replace("online_real_time: false", "online_real_time: true")
+                      .replace("checkpoint_interval_s: 1.0", "checkpoint_interval_s: 5.0"))
+    assert main(["pipeline", "--profile", str(longer), "--out", str(out), "--methods", "off2on", "--quiet",
+                 "agent.off2on.ensemble_size=2"]) == 0
+    summary = json.loads((out / "report" / "summary.json").read_text())
+    ran = [s["name"] for s in summary["stages"] if s["outcome"] == "ran"]
+    assert ran == ["pretrain.off2on", "eval_pretrain.off2on", "online", "eval_online"]
+    online = next(s for s in summary["stages"] if s["name"] == "online")
+    assert online["details"]["transitions_stored"] == online["details"]["online_steps"] >= 250
+    learner, _ = online["commands"]
+    assert "--offline-data" in learner and str(out / "pretrain.off2on" / "run" / "checkpoints") in learner
+    results = (out / "report" / "results.md").read_text()
+    assert "off2on offline (its own pre-trained agent): **" in results
+    assert "| off2on s0 |" in results and (out / "report" / "balanced_replay.png").stat().st_size > 5000
+    # Mark 0 of Off2On is its own pre-trained ensemble's evaluation, not the Cal-QL one.
+    assert summary["online"][0]["evals"]["0"]["episodes"] == 2
+    assert not children_of_run(out)
+
+
 def test_rerun_skips_every_completed_stage(finished_run, profile, capsys):
     out, _ = finished_run
     markers = {stage: (out / stage / "DONE.json").stat().st_mtime_ns for stage in STAGES}
@@ -259,6 +294,16 @@ def test_online_commands_per_method(tmp_path, profile):
         assert ("--offline-data" in learner) == (method in ("rlpd", "calql_finetune"))
         assert ("demos" in stage.inputs) == (method in ("rlpd", "calql_finetune"))
         assert ("pretrain" in stage.inputs) == (method != "rlpd")
+    # The presets that pre-train their own way start from their own stage's checkpoint.
+    from franka_rl.pipeline import own_pretrain_stages
+
+    for method in ("off2on", "wsrl_iql"):
+        learner, actor = online_stage(plan, method, 1, f"online.{method}", tmp_path / method, 5555).commands
+        assert learner[learner.index("--pretrained") + 1] == str(tmp_path / f"pretrain.{method}" / "run" / "checkpoints")
+        pretrain, evaluation = (stage.commands[0] for stage in own_pretrain_stages(plan, method))
+        assert pretrain[pretrain.index("--preset") + 1] == evaluation[evaluation.index("--preset") + 1] == method
+        assert ("agent.online.warmup_steps=20" in learner) == (method == "wsrl_iql")
+        assert ("--offline-data" in learner) == (method == "off2on")
 
 
 def test_a_stage_that_runs_reruns_what_reads_its_output(tmp_path):

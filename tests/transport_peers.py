@@ -19,9 +19,9 @@ def server(c: TransportConfig, **kw) -> LearnerServer:
     return LearnerServer(c, config_hash=CONFIG_HASH, observation_spec=SPEC, action_dim=ACTION_DIM, **kw).start()
 
 
-def client(c: TransportConfig, actor_id: str = "a0") -> ActorClient:
+def client(c: TransportConfig, actor_id: str = "a0", **kw) -> ActorClient:
     return ActorClient(c, actor_id=actor_id, config_hash=CONFIG_HASH, observation_spec=SPEC,
-                       action_dim=ACTION_DIM).start()
+                       action_dim=ACTION_DIM, **kw).start()
 
 
 def wait_for(predicate, timeout: float = 10.0) -> bool:

@@ -392,6 +392,10 @@ class EpisodeRecorder:
         self._metadata = dict(metadata)
         self._metadata.setdefault("started_at", time.time())
 
+    def update_metadata(self, **fields: Any) -> None:
+        """Add or change metadata of the episode in progress (written with it)."""
+        self._metadata.update(fields)
+
     def add(self, action: np.ndarray, reward: float, next_observation: Mapping[str, np.ndarray],
             terminated: bool, truncated: bool, intervened: bool = False,
             info: Mapping[str, Any] | None = None, frame_info: Mapping[str, Any] | None = None,

@@ -378,6 +378,12 @@ class ReplayBuffer:
             self._valid_index = np.flatnonzero(self._valid)
         return self._valid_index
 
+    def valid_mask(self) -> np.ndarray:
+        """A read-only view: slot i starts a complete transition (what `batch` accepts)."""
+        view = self._valid.view()
+        view.flags.writeable = False
+        return view
+
     def sample(self, batch_size: int, rng: np.random.Generator, *, frames: bool = True) -> dict[str, Any]:
         """A uniform batch of valid transitions (dict of numpy arrays, see docs/data.md).
 

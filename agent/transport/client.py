@@ -4,8 +4,16 @@ The control loop never waits on the network: `send(chunk)` numbers a chunk and q
 `latest_params()` returns the newest parameters the thread has received (already converted by
 `decode_params`, off the control thread). Every chunk stays in memory until the learner reports
 it durable (inside a checkpoint); after a reconnection or a learner restart the thread
-handshakes again and resends everything after the learner's `stored_through`, so nothing is
+handshakes again and resends everything after the learner's `received_through`, so nothing is
 lost and the learner drops any duplicate by its sequence number.
+
+Sending is go-back-N over the held chunks: one cursor names the next sequence to transmit. New
+chunks, resends and retransmissions all go out from it in order as the socket takes them, so a
+full send queue delays chunks but never leaves a gap behind. The cursor moves back only to what
+the learner names (`resend_from` in an ACK or a REJECT `busy`, `received_through` in a WELCOME;
+the learner names a gap once)
+or, when the learner has reported no progress on chunks in flight for `heartbeat_timeout_s`,
+to its last `received_through`: a lost message is retransmitted however the loss happened.
 
 Link states: "connecting" (no handshake yet), "up", "down" (no word from the learner for
 `heartbeat_timeout_s`; the thread keeps knocking with HELLO), "refused" (the learner rejected
@@ -15,7 +23,7 @@ No storms when the CPU is starved: an unanswered HELLO is repeated after a jitte
 pause (up to `transport.reconnect_max_s`); a burst of REJECT `hello_required` (every message sent
 to a learner that restarted) schedules one HELLO, not one each; only the WELCOME that brings the
 link up triggers a resend (later WELCOMEs of the same session just update the watermarks); a
-REJECT `busy` pauses sending for the time the learner asks and then resends from `stored_through`.
+REJECT `busy` pauses sending for the time the learner asks and then resends from `resend_from`.
 """
 
 from __future__ import annotations
@@ -70,14 +78,20 @@ class ActorClient(ServiceThread):
         decode_params: Callable[[int, dict[str, np.ndarray]], Any] | None = None,
         on_backbone: Callable[[dict[str, np.ndarray]], None] | None = None,
         endpoint: str | None = None,
+        incarnation: str | None = None,
+        recovery: bool = False,
     ):
+        """`incarnation` and `recovery`: a restarted actor speaking for an earlier incarnation of
+        itself, to re-send that stream's episodes from its folder (see `preload`)."""
         self.cfg = cfg
         self.actor_id = actor_id
-        self.incarnation = uuid.uuid4().hex[:12]
+        self.incarnation = incarnation or uuid.uuid4().hex[:12]
+        self.recovery = bool(recovery)
         self.endpoint = endpoint or f"tcp://{cfg.host}:{cfg.port}"
         self._hello_fields = {
             "incarnation": self.incarnation, "config_hash": config_hash, "protocol_version": PROTOCOL_VERSION,
-            "action_dim": int(action_dim), "observation_spec": spec_to_json(observation_spec)}
+            "action_dim": int(action_dim), "observation_spec": spec_to_json(observation_spec),
+            **({"recovery": True} if recovery else {})}
         self._heartbeat = encode(Message(MessageType.HEARTBEAT, actor=actor_id))
         self.backbone_digest = backbone_digest
         self._decode_params = decode_params or (lambda version, arrays: arrays)
@@ -87,13 +101,15 @@ class ActorClient(ServiceThread):
         self.session = ""
         self.stored_through = 0
         self.durable_through = 0
+        self.received_through = 0  # stored or queued in order at the learner: the retransmission point
         self.params_version = -1
         # Whether the newest parameters are the frozen pre-trained policy of the WSRL warm-up.
         self.learner_warmup = False
         self.reconnects = 0
         self.hellos_sent = 0
         self.busy_pauses = 0
-        self.resends = 0
+        self.resends = 0  # chunks transmitted again
+        self.retransmission_timeouts = 0
         self._hello_attempts = 0  # HELLOs sent since the link was last up (for the back-off)
         self._next_beat = 0.0
         self._pause_until = 0.0
@@ -108,7 +124,13 @@ class ActorClient(ServiceThread):
         self._params_lock = threading.Lock()
         self._backbone_ready = threading.Event()
         self._last_heard = -float("inf")
-        self._last_resend: tuple[int, float] = (-1, -float("inf"))
+        self._next_send = 1  # the cursor: the sequence to transmit next
+        self._high_sent = 0  # the highest sequence ever transmitted
+        self._progress_at = 0.0  # when the learner last reported progress (or the cursor moved back)
+        # Chunks allowed in flight past `received_through`: halved by each REJECT `busy`, grown by
+        # what the learner reports received, up to its queue's bound, so a full queue is not sent
+        # the whole backlog again after every pause.
+        self._window = max(1, int(cfg.max_queued_messages))
         super().__init__("actor-transport")
 
     # ------------------------------------------------------------------ control-loop API
@@ -122,6 +144,17 @@ class ActorClient(ServiceThread):
         self._outbox.put((self._sequence, len(chunk), frames))
         self._wake()
         return self._sequence
+
+    def preload(self, first_sequence: int, chunks: list[TransitionChunk]) -> None:
+        """Hold `chunks` as sequences first_sequence, first_sequence + 1, ... (a recovery client,
+        before anything else is sent): they go out and are held like sent ones."""
+        if self._sequence and first_sequence != self._sequence + 1:
+            raise ValueError(f"preload from {first_sequence} after sequence {self._sequence}")
+        if first_sequence < 1:
+            raise ValueError("sequence numbers start at 1")
+        self._sequence = first_sequence - 1
+        for chunk in chunks:
+            self.send(chunk)
 
     @property
     def last_sequence(self) -> int:
@@ -201,11 +234,14 @@ class ActorClient(ServiceThread):
     def _serve_once(self, poller: zmq.Poller, dealer: zmq.Socket, wake: zmq.Socket) -> None:
         wake_at = min(self._next_beat, self._pause_until or float("inf"))
         timeout_ms = max(0, int((wake_at - time.monotonic()) * 1000))
+        # Wait for room in the send queue only while chunks wait for it.
+        poller.modify(dealer, zmq.POLLIN | (zmq.POLLOUT if self._can_send() and self._backlog()
+                                            and self._next_send - 1 - self.received_through < self._window else 0))
         events = dict(poller.poll(timeout_ms))
         if wake in events:
             self._drain_wake_ups(wake)
-        self._take_outbox(dealer)
-        if dealer in events:
+        self._take_outbox()
+        if events.get(dealer, 0) & zmq.POLLIN:
             while True:
                 try:
                     frames = dealer.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -215,8 +251,12 @@ class ActorClient(ServiceThread):
         now = time.monotonic()
         if self._pause_until and now >= self._pause_until:
             self._pause_until = 0.0
-            if self.state == "up":
-                self._resend_after(dealer, self.stored_through)
+        if (self._can_send() and self._high_sent > self.received_through
+                and now - self._progress_at > self.cfg.heartbeat_timeout_s):
+            # Chunks in flight and no word of them for a timeout: something was lost on the way.
+            self.retransmission_timeouts += 1
+            self._rewind(self.received_through + 1)
+        self._pump(dealer)
         if self.state == "up" and now - self._last_heard > self.cfg.heartbeat_timeout_s:
             self.state = "down"
             self._hello_attempts = 0
@@ -266,7 +306,7 @@ class ActorClient(ServiceThread):
         except zmq.ZMQError:  # not connected (IMMEDIATE) or the queue is full: resent later
             return False
 
-    def _take_outbox(self, dealer: zmq.Socket) -> None:
+    def _take_outbox(self) -> None:
         while True:
             try:
                 entry = self._outbox.get_nowait()
@@ -276,8 +316,34 @@ class ActorClient(ServiceThread):
             with self._count_lock:
                 self._unacked_steps += entry[1]
                 self._queued_steps -= entry[1]
-            if self.state == "up" and not self._pause_until:
-                self._try_send(dealer, entry[2])
+
+    def _can_send(self) -> bool:
+        return self.state == "up" and not self._pause_until
+
+    def _backlog(self) -> bool:
+        return bool(self._unacked) and self._next_send <= self._unacked[-1][0]
+
+    def _pump(self, dealer: zmq.Socket) -> None:
+        """Transmit held chunks from the cursor on, in order, until the socket takes no more."""
+        if not self._can_send():
+            return
+        while self._backlog() and self._next_send - 1 - self.received_through < self._window:
+            first = self._unacked[0][0]
+            if self._next_send < first:
+                self._next_send = first
+            if self._high_sent <= self.received_through:  # nothing in flight: the timeout starts now
+                self._progress_at = time.monotonic()
+            if not self._try_send(dealer, self._unacked[self._next_send - first][2]):
+                return
+            if self._next_send <= self._high_sent:
+                self.resends += 1
+            self._high_sent = max(self._high_sent, self._next_send)
+            self._next_send += 1
+
+    def _rewind(self, sequence: int) -> None:
+        """Move the cursor back to `sequence` (the learner asks once per gap, so this cannot storm)."""
+        self._next_send = min(self._next_send, max(sequence, 1))
+        self._progress_at = time.monotonic()
 
     def _forget_durable(self) -> None:
         while self._unacked and self._unacked[0][0] <= self.durable_through:
@@ -285,22 +351,20 @@ class ActorClient(ServiceThread):
             with self._count_lock:
                 self._unacked_steps -= steps
 
-    def _resend_after(self, dealer: zmq.Socket, stored_through: int) -> None:
-        if self._pause_until:  # the learner asked for a pause: the resend comes when it ends
-            return
-        for sequence, _, frames in list(self._unacked):
-            if sequence > stored_through:
-                if not self._try_send(dealer, frames):
-                    break
-                self.resends += 1
-        self._last_resend = (stored_through, time.monotonic())
-
     def _marks(self, message: Message) -> None:
         stored = message.fields.get("stored_through")
         durable = message.fields.get("durable_through")
-        if isinstance(stored, int) and isinstance(durable, int):
+        if _is_int(stored) and _is_int(durable):
             self.stored_through, self.durable_through = stored, durable
             self._forget_durable()
+            received = message.fields.get("received_through", stored)
+            received = received if _is_int(received) else stored
+            if received > self.received_through:
+                self._progress_at = time.monotonic()
+                self._window = min(self._window + received - self.received_through,
+                                   max(1, int(self.cfg.max_queued_messages)))
+            # The learner's word, also downwards (it dropped what it had queued: it asks again below).
+            self.received_through = received
 
     def _handle(self, dealer: zmq.Socket, frames: list) -> None:
         """The boundary: nothing the learner (or anything posing as it) sends gets past as an exception."""
@@ -327,11 +391,13 @@ class ActorClient(ServiceThread):
             if self.state != "up" and self.session:
                 self.reconnects += 1
             self.session = session
+            self._marks(message)  # before "up": whoever waits for the link reads this learner's marks
             self.state = "up"
             self._hello_attempts = 0
             self._next_beat = time.monotonic() + self.cfg.heartbeat_interval_s
-            self._marks(message)
-            self._resend_after(dealer, self.stored_through)
+            # A new link: transmit from what this learner holds (forward too, past what it queued).
+            self._next_send = self.received_through + 1
+            self._progress_at = time.monotonic()
             digest = message.fields.get("backbone_digest", "")
             if digest and digest != self.backbone_digest and self._on_backbone is not None:
                 self._try_send(dealer, encode(Message(MessageType.BACKBONE_REQUEST, actor=self.actor_id)))
@@ -351,17 +417,19 @@ class ActorClient(ServiceThread):
                 retry = float(retry) if isinstance(retry, int | float) and not isinstance(retry, bool) else 0.0
                 retry = min(max(retry, 0.01), self.cfg.reconnect_max_s)
                 self.busy_pauses += 1
+                self._window = max(1, self._window // 2)
                 self._pause_until = max(self._pause_until, time.monotonic() + retry)
+                resend_from = message.fields.get("resend_from")
+                self._rewind(resend_from if _is_int(resend_from) else self.stored_through + 1)
             else:
                 self._bad_log.warning("transport: the learner rejected a message: %s", reason)
         elif self.state != "up":
             return  # anything else before a handshake belongs to an earlier session
         elif kind == MessageType.ACK:
             self._marks(message)
-            last, when = self._last_resend
-            if message.fields.get("resend") and not (last == self.stored_through
-                                                     and time.monotonic() - when < self.cfg.heartbeat_timeout_s):
-                self._resend_after(dealer, self.stored_through)
+            if message.fields.get("resend"):
+                resend_from = message.fields.get("resend_from")
+                self._rewind(resend_from if _is_int(resend_from) and resend_from > 0 else self.stored_through + 1)
         elif kind == MessageType.HEARTBEAT:
             if message.fields.get("session") != self.session:
                 self._hello_soon()
@@ -390,3 +458,7 @@ class ActorClient(ServiceThread):
             self._params = (version, decoded)
         self.params_version = version
         self.learner_warmup = bool(message.fields.get("warmup", False))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -16,7 +16,10 @@ does not fit is answered REJECT `busy` and its actor pauses and resends it.
 Exactly-once storage is the learner's job (see `agent/learner.py`): each delivery carries the
 actor's stream and sequence number, and the learner stores sequence `stored_through + 1` only. The
 server already drops what is certainly a duplicate (a sequence number at or below what is stored
-or queued), so a resend storm after a reconnection costs an ACK per message, not a queue slot.
+or queued) before checking its arrays, answering one ACK per run of duplicates; a chunk after a
+gap gets one ACK per gap asking for a resend from the missing sequence (`resend_from`). Every ACK,
+HEARTBEAT and WELCOME carries `received_through` (stored or queued in order), the actor's
+retransmission point.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,7 +57,7 @@ from agent.transport.service_thread import ServiceThread
 log = logging.getLogger("agent.transport")
 
 # REJECT codes: "hello_required" asks the actor to handshake (again); "incompatible" is final;
-# "busy" asks it to pause and resend from its `stored_through` (the learner's queue is full).
+# "busy" asks it to pause and resend from `resend_from` (the learner's queue is full).
 HELLO_REQUIRED = "hello_required"
 INCOMPATIBLE = "incompatible"
 MALFORMED = "malformed"
@@ -88,6 +91,9 @@ class _Peer:
     last_seen: float
     sent_version: int = -1
     key: str = ""  # the CURVE public key (z85) of the connection, "" without CURVE
+    recovery: bool = False  # an earlier incarnation's episodes, re-sent by a restarted actor
+    gap_reported: int = 0  # the missing sequence this peer was last asked to resend from (0: none)
+    duplicate_acked: bool = False  # a duplicate since the last accepted chunk was answered
 
 
 @dataclass
@@ -134,7 +140,12 @@ class LearnerServer(ServiceThread):
         watermarks: Mapping[str, Watermarks] | None = None,
         endpoint: str | None = None,
         action_bound: float = 1.0,
+        known_streams: Iterable[str] = (),
+        on_new_stream: Callable[[str], None] | None = None,
     ):
+        """`known_streams`: every stream this run's learners ever welcomed (the learner's registry),
+        the only ones a restarted actor may recover; `on_new_stream(stream)` records a newly
+        welcomed one durably before its WELCOME goes out."""
         self.cfg = cfg
         self.config_hash = config_hash
         self.observation_spec = {k: (tuple(s), np.dtype(d).str) for k, (s, d) in observation_spec.items()}
@@ -158,6 +169,8 @@ class LearnerServer(ServiceThread):
         self._queue_lock = threading.Lock()
         self._queue_marks: dict[str, int] = {}  # stream -> last sequence stored or queued in order
         self._refused: dict[str, str] = {}  # stream -> why the learner refused it (final)
+        self._known_streams: set[str] = set(known_streams) | set(self._marks)
+        self._on_new_stream = on_new_stream
         self._owners: dict[str, str] = {}  # actor id -> CURVE key that claimed it
         self._reserved: dict[str, str] = {}  # actor id -> key of authorized_actors/<id>.key
         self._commands: queue.Queue[tuple] = queue.Queue()
@@ -346,7 +359,9 @@ class LearnerServer(ServiceThread):
                     self._queue_marks[stream] = stored
                 for rid, peer in list(self._peers.items()):
                     if peer.stream == stream:
-                        self._send(router, rid, self._ack_message(stream, resend))
+                        if resend:
+                            peer.gap_reported = 0
+                        self._send(router, rid, self._ack_message(stream, stored + 1 if resend else 0))
             elif command[0] == "refuse":
                 _, stream, reason = command
                 self._refused[stream] = reason
@@ -376,10 +391,19 @@ class LearnerServer(ServiceThread):
             marks = self._marks.get(stream, Watermarks())
             return Watermarks(marks.stored_through, marks.durable_through)
 
-    def _ack_message(self, stream: str, resend: bool = False) -> list:
+    def _received_through(self, stream: str) -> int:
+        """The last sequence of `stream` this server stored or queued in order (service thread only)."""
+        return max(self._queue_marks.get(stream, 0), self._marks_of(stream).stored_through)
+
+    def _mark_fields(self, stream: str) -> dict:
         marks = self._marks_of(stream)
-        return encode(Message(MessageType.ACK, fields={
-            "stored_through": marks.stored_through, "durable_through": marks.durable_through, "resend": resend}))
+        return {"stored_through": marks.stored_through, "durable_through": marks.durable_through,
+                "received_through": self._received_through(stream)}
+
+    def _ack_message(self, stream: str, resend_from: int = 0) -> list:
+        """ACK with the stream's watermarks; `resend_from` > 0 asks the actor to go back to that sequence."""
+        return encode(Message(MessageType.ACK, fields={**self._mark_fields(stream), "resend": resend_from > 0,
+                                                       "resend_from": resend_from}))
 
     @staticmethod
     def _reject_message(code: str, reason: str, **fields) -> list:
@@ -427,10 +451,9 @@ class LearnerServer(ServiceThread):
                                 "order")
         peer.last_seen = time.monotonic()
         if message.type == MessageType.HEARTBEAT:
-            marks = self._marks_of(peer.stream)
             self._send(router, rid, encode(Message(MessageType.HEARTBEAT, fields={
                 "session": self.session, "param_version": self._params_version,
-                "stored_through": marks.stored_through, "durable_through": marks.durable_through})))
+                **self._mark_fields(peer.stream)})))
             self._send_params(router, rid, peer)
         elif message.type == MessageType.TRANSITIONS:
             self._transitions(router, rid, peer, frames, message)
@@ -446,21 +469,27 @@ class LearnerServer(ServiceThread):
     def _transitions(self, router: zmq.Socket, rid: bytes, peer: _Peer, frames: list, message: Message) -> None:
         if message.sequence < 1:
             raise ProtocolError("transition sequence numbers start at 1", "field")
-        chunk = TransitionChunk.from_message(message, self.observation_spec, self.action_dim,
-                                             action_bound=self.action_bound,
-                                             max_abs_observation=self.cfg.max_abs_observation)
         stream, sequence = peer.stream, int(message.sequence)
-        expected = max(self._queue_marks.get(stream, 0), self._marks_of(stream).stored_through) + 1
+        expected = self._received_through(stream) + 1
+        # The sequence number decides first: a duplicate or a chunk after a gap is answered without
+        # checking its arrays, so a resend after a reconnection costs little and floods nothing.
         if sequence < expected:  # stored or queued already: a resend
             with self._stats_lock:
                 self._counts["duplicates_dropped"] += 1
-            self._send(router, rid, self._ack_message(stream))
+            if not peer.duplicate_acked or sequence == expected - 1:  # one ACK per run of duplicates
+                peer.duplicate_acked = True
+                self._send(router, rid, self._ack_message(stream))
             return
-        if sequence > expected:  # one before it is missing: have the actor resend from stored_through
+        if sequence > expected:  # one before it is missing: have the actor resend from `expected`
             with self._stats_lock:
                 self._counts["out_of_order"] += 1
-            self._send(router, rid, self._ack_message(stream, resend=True))
+            if peer.gap_reported != expected:  # once per gap; the actor's retransmission timer covers a loss
+                peer.gap_reported = expected
+                self._send(router, rid, self._ack_message(stream, resend_from=expected))
             return
+        chunk = TransitionChunk.from_message(message, self.observation_spec, self.action_dim,
+                                             action_bound=self.action_bound,
+                                             max_abs_observation=self.cfg.max_abs_observation)
         nbytes = sum(len(f.buffer) if hasattr(f, "buffer") else len(f) for f in frames[1:])
         with self._queue_lock:
             full = (self._queued[0] >= self.cfg.max_queued_messages
@@ -474,9 +503,11 @@ class LearnerServer(ServiceThread):
             retry = self.cfg.heartbeat_interval_s * (0.5 + random.random())
             self._send(router, rid, self._reject_message(
                 BUSY, f"the learner's receive queue is full; resend from {expected} in {retry:.2f} s",
-                sequence=sequence, retry_after_s=retry))
+                sequence=sequence, retry_after_s=retry, resend_from=expected))
             return
         self._queue_marks[stream] = sequence
+        peer.gap_reported = 0
+        peer.duplicate_acked = False
         self._inbox.put(Delivery(stream, peer.actor, sequence, chunk, nbytes))
 
     def _client_key(self, frames: list) -> str:
@@ -503,6 +534,10 @@ class LearnerServer(ServiceThread):
         param_version = message.fields.get("param_version", -1)
         if not isinstance(param_version, int) or isinstance(param_version, bool):
             raise ProtocolError("HELLO field 'param_version' must be an integer", "field")
+        # A restarted actor re-sending an earlier incarnation's episodes from its folder.
+        recovery = message.fields.get("recovery", False)
+        if not isinstance(recovery, bool):
+            raise ProtocolError("HELLO field 'recovery' must be true or false", "field")
         problems = []
         if not actor or "/" in actor or len(actor) > 64 or not actor.isprintable():
             problems.append(f"actor id {actor[:64]!r} is not a valid name")
@@ -526,6 +561,11 @@ class LearnerServer(ServiceThread):
         if stream in self._refused:
             self._reject(router, rid, INCOMPATIBLE, "refused", self._refused[stream], who)
             return
+        if recovery and stream not in self._known_streams:
+            self._reject(router, rid, INCOMPATIBLE, "unknown_stream",
+                         f"this learner run never welcomed stream {stream}: nothing to recover into it (its "
+                         "episodes stay in the actor's folder; a learner can read them with --offline-data)", who)
+            return
         key = self._client_key(frames)
         if self.cfg.curve:
             owner = self._reserved.get(actor) or self._owners.get(actor)
@@ -539,6 +579,16 @@ class LearnerServer(ServiceThread):
         now = time.monotonic()
         for other_rid, other in list(self._peers.items()):
             if other.actor == actor and other_rid != rid:
+                if recovery or other.recovery:
+                    # An earlier incarnation beside the live one: only the same stream twice collides.
+                    if other.stream != stream:
+                        continue
+                    if recovery and not other.recovery and now - other.last_seen < self.cfg.heartbeat_timeout_s:
+                        self._reject(router, rid, INCOMPATIBLE, "squat",
+                                     f"stream {stream} is still connected: it is not an earlier incarnation", who)
+                        return
+                    del self._peers[other_rid]  # the stream itself, on a new connection
+                    continue
                 if other.stream == stream or (key and other.key == key):
                     del self._peers[other_rid]  # the same process, or the same key, on a new connection
                 elif now - other.last_seen < self.cfg.heartbeat_timeout_s:
@@ -557,9 +607,18 @@ class LearnerServer(ServiceThread):
             self._counts["handshakes"] += 1
         if key:
             self._owners.setdefault(actor, key)
+        if stream not in self._known_streams:
+            self._known_streams.add(stream)
+            if self._on_new_stream is not None:
+                try:
+                    self._on_new_stream(stream)
+                except Exception as exc:  # the link still works; only a later recovery of it would fail
+                    log.error("transport: could not record stream %s in the learner's registry (%s: %s); a "
+                              "restarted actor cannot recover its episodes into this run", stream,
+                              type(exc).__name__, exc)
         peer = self._peers.get(rid)
         if peer is None or peer.stream != stream:
-            peer = _Peer(stream, actor, now, key=key)
+            peer = _Peer(stream, actor, now, key=key, recovery=recovery)
             self._peers[rid] = peer
         peer.last_seen = now
         peer.sent_version = param_version  # what the actor already has: sent again only if newer
@@ -577,8 +636,7 @@ class LearnerServer(ServiceThread):
         log.info("transport: actor '%s' joined (stream %s, resuming after sequence %d)", actor, stream,
                  marks.stored_through)
         self._send(router, rid, encode(Message(MessageType.WELCOME, fields={
-            "session": self.session, "stored_through": marks.stored_through,
-            "durable_through": marks.durable_through, "backbone_digest": self.backbone_digest,
+            "session": self.session, **self._mark_fields(stream), "backbone_digest": self.backbone_digest,
             "param_version": self._params_version})))
         self._send_params(router, rid, peer)
 

@@ -84,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
         say("eval: building the agent and restoring the checkpoint")
         template = build_agent(cfg, env)  # shapes from the spaces: no reset move just for a template
         checkpointer = AgentCheckpointer(checkpoints, max_to_keep=None)
-        agent, _ = checkpointer.restore(template, args.step, cfg.agent)
+        # value_optional: with --preset wsrl_iql, a learner checkpoint (its value net dropped online) too
+        agent, _ = checkpointer.restore(template, args.step, cfg.agent, value_optional=True)
         step = checkpointer.restored_step  # the newest usable one when the latest was damaged
         say(f"eval: checkpoint step {step} from {checkpoints}; {cfg.eval.episodes} episodes "
             "(the first action compiles the policy)")

@@ -1,4 +1,4 @@
-"""`franka-rl pretrain`: offline Cal-QL (or CQL, ...) on recorded episodes; see agent/pretrain.py."""
+"""`franka-rl pretrain`: offline Cal-QL (or CQL, IQL, ...) on recorded episodes; see agent/pretrain.py."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="offline pre-training (Cal-QL by default) on recorded episodes, LeRobot, Minari or SERL data",
         description=(
             "Pre-train the agent offline with the CQL penalty (Cal-QL with the wsrl preset, the default; "
-            "plain CQL with --preset cql) on recorded data, holding out pretrain.holdout_episodes "
+            "plain CQL with --preset cql) or with IQL (--preset wsrl_iql) on recorded data, holding out "
+            "pretrain.holdout_episodes "
             "episodes to check calibration. Writes checkpoints/ (restored one-to-one by the online "
             "learner), metrics.jsonl + tensorboard/, calibration.png and summary.json. Run it again "
             "with the same --out to resume from the latest checkpoint."
@@ -33,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "examples:\n"
             "  franka-rl pretrain --data runs/demos --out runs/pretrain\n"
             "  franka-rl pretrain --preset cql --data runs/demos runs/old_run/episodes --steps 50000\n"
+            "  franka-rl pretrain --preset wsrl_iql --data runs/demos   # IQL, then `learner --preset wsrl_iql`\n"
             "  franka-rl pretrain --data runs/peg_lerobot   # a LeRobotDataset v3 folder\n"
             "  franka-rl pretrain --data minari:franka/peg-demos-v0 serl_demos.pkl --trust-pickle "
             "agent.sac.batch_size=128"

@@ -14,7 +14,8 @@ _GYM_DEFAULTS_HELP = (
     "sparse -1/0 shaping and 0.98 discount do not fit dense gym rewards): agent.reward.scale=1 "
     "agent.reward.bias=0 agent.reward.sparse=false agent.sac.discount=0.99 agent.encoder.proprio_dim=0. "
     "--algo sac also sets agent.network.num_critics=2 (REDQ keeps the ensemble of 10); calql/cql set "
-    "agent.cql.enabled=true and agent.cql.calql_bound=true/false. A --preset applies under both "
+    "agent.cql.enabled=true and agent.cql.calql_bound=true/false; iql sets agent.iql.enabled=true and "
+    "agent.cql.enabled=false. A --preset applies under both "
     "(so --algo decides the CQL keys), e.g. --preset rlpd gives agent.online.offline_ratio=0.5."
 )
 
@@ -38,14 +39,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "      --offline-steps 20000 --steps 10000 agent.online.warmup_steps=1000\n"
             "  franka-rl train-gym --env Pendulum-v1 --algo sac --preset rlpd --offline-data runs/pendulum-episodes\n"
             "      # RLPD: half of every batch from the offline episodes\n"
+            "  franka-rl train-gym --env Pendulum-v1 --algo iql --preset wsrl_iql --offline-data runs/pendulum-episodes \\\n"
+            "      --offline-steps 20000 --steps 10000          # WSRL from an IQL initialisation\n"
             "  franka-rl train-gym --env Pendulum-v1 --env-kwargs g=9.81\n"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_arguments(parser)
     parser.add_argument("--env", required=True, help="gymnasium env id, e.g. Pendulum-v1")
-    parser.add_argument("--algo", default="sac", choices=("sac", "redq", "calql", "cql"),
-                        help="sac (2 critics), redq (the config's ensemble), calql/cql (offline pre-training "
+    parser.add_argument("--algo", default="sac", choices=("sac", "redq", "calql", "cql", "iql"),
+                        help="sac (2 critics), redq (the config's ensemble), calql/cql/iql (offline pre-training "
                              "then WSRL fine-tuning); default sac")
     parser.add_argument("--steps", type=int, default=20_000, help="online env steps (0: offline only); default 20000")
     parser.add_argument("--random-steps", type=int, default=1_000,
