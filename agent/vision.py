@@ -11,6 +11,7 @@ Two flavours share one module:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -116,8 +117,32 @@ class SpatialLearnedEmbeddings(nn.Module):
         return y.reshape(y.shape[:-2] + (c * self.num_features,))
 
 
+class _Kernels(nn.Module):
+    """Parameters only: a kernel (and a bias) under the names `nn.Dense` and
+    `SpatialLearnedEmbeddings` give them, so `ImageHead` can apply them in either order while its
+    parameter tree, initial values and checkpoints stay those of the plain layers."""
+
+    kernel_shape: tuple[int, ...]
+    bias_size: int = 0
+
+    @nn.compact
+    def __call__(self) -> tuple[jax.Array, jax.Array | None]:
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), self.kernel_shape)
+        bias = self.param("bias", nn.initializers.zeros, (self.bias_size,)) if self.bias_size else None
+        return kernel, bias
+
+
 class ImageHead(nn.Module):
-    """Spatial learned embeddings -> dropout -> Dense -> LayerNorm -> tanh."""
+    """Spatial learned embeddings -> dropout -> Dense -> LayerNorm -> tanh.
+
+    Without active dropout the embeddings and the Dense layer are one linear map (h*w*c -> out),
+    and it is applied in whichever order costs fewer multiply-adds for this batch: through the
+    c * num_features embedding (the layers one after the other) or through their product (one
+    matmul of h*w*c -> out per sample, and one batch-independent product of the two kernels). For
+    feature maps of fewer than `num_features` positions (64x64 frames give 2x2, 32x32 give 1x1)
+    the product is several times cheaper; it is the same function up to float rounding. Dropout
+    masks each sample's embedding, so a training pass with dropout takes the layer order.
+    """
 
     num_features: int = 8
     dropout: float = 0.1
@@ -125,9 +150,20 @@ class ImageHead(nn.Module):
 
     @nn.compact
     def __call__(self, feature_map: jax.Array, train: bool) -> jax.Array:
-        x = SpatialLearnedEmbeddings(self.num_features)(feature_map)
-        x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        x = nn.Dense(self.out_dim)(x)
+        lead, (h, w, c) = feature_map.shape[:-3], feature_map.shape[-3:]
+        f, o = self.num_features, self.out_dim
+        spatial, _ = _Kernels((h, w, c, f), name="SpatialLearnedEmbeddings_0")()
+        dense, bias = _Kernels((c * f, o), o, name="Dense_0")()
+        batch = math.prod(lead)
+        layered_cost = batch * (h * w * c * f + c * f * o)
+        product_cost = batch * h * w * c * o + h * w * c * f * o
+        if (train and self.dropout > 0) or layered_cost <= product_cost:
+            x = jnp.einsum("...hwc,hwcf->...cf", feature_map, spatial).reshape(lead + (c * f,))
+            x = nn.Dropout(self.dropout, deterministic=not train)(x)
+            x = x @ dense + bias
+        else:
+            product = jnp.einsum("hwcf,cfo->hwco", spatial, dense.reshape(c, f, o)).reshape(h * w * c, o)
+            x = feature_map.reshape(lead + (h * w * c,)) @ product + bias
         return nn.tanh(nn.LayerNorm()(x))
 
 

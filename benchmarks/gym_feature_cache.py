@@ -2,7 +2,7 @@
 at the same network sizes, on this machine's default JAX device.
 
     .venv/bin/python benchmarks/gym_feature_cache.py [--size 32] [--batch 256] [--utd 2] [--reps 20]
-        [--head-dim 256] [--spatial-features 8]
+        [--head-dim 256] [--spatial-features 8] [--image-dropout 0.1]
 
 Both agents have the same critic/actor MLPs; the image one adds one camera (size x size x 3,
 frozen ResNet-10) whose features the replay buffer computed once per frame, as train-gym does
@@ -42,6 +42,7 @@ def _config(args) -> AgentConfig:
     cfg.encoder.image_keys = ["camera"]
     cfg.encoder.proprio_dim = 0
     cfg.encoder.image_head_dim, cfg.encoder.spatial_features = args.head_dim, args.spatial_features
+    cfg.encoder.image_dropout = args.image_dropout
     return cfg
 
 
@@ -82,6 +83,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--head-dim", type=int, default=256, help="agent.encoder.image_head_dim (default 256)")
     parser.add_argument("--spatial-features", type=int, default=8, help="agent.encoder.spatial_features (default 8)")
+    parser.add_argument("--image-dropout", type=float, default=0.1, help="agent.encoder.image_dropout (default 0.1)")
     args = parser.parse_args()
     cfg, rng = _config(args), np.random.default_rng(0)
     state_spec = {"state": ((STATE_DIM,), np.float32)}
@@ -99,7 +101,7 @@ def main() -> None:
 
     print(f"device {jax.devices()[0].platform}, batch {args.batch}, utd {args.utd}, MLPs [{args.hidden}, "
           f"{args.hidden}], one {args.size}x{args.size} camera (frozen ResNet-10, image head "
-          f"{args.spatial_features}x512 -> {args.head_dim})")
+          f"{args.spatial_features}x512 -> {args.head_dim}, dropout {args.image_dropout})")
     print(f"state-only update          {1e3 * state_s:8.2f} ms")
     print(f"image update, cached feats {1e3 * cached_s:8.2f} ms  ({cached_s / state_s:.2f}x state-only; target <= 2x)")
     print(f"image update, re-encoding  {1e3 * reencode_s:8.2f} ms  ({reencode_s / state_s:.2f}x state-only)")

@@ -8,7 +8,7 @@ import pytest
 from agent.config import AgentConfig, AgentConfigError
 from agent.core import agent_encode_frames, create_agent, encode_frames, uses_feature_cache
 from agent.sac import critic_loss_and_grads
-from agent.vision import make_backbone, random_shift
+from agent.vision import ImageHead, make_backbone, random_shift
 
 B, H = 4, 32
 
@@ -127,3 +127,53 @@ def test_state_only_and_unknown_keys():
     assert agent.nets.backbone is None and not uses_feature_cache(agent)
     with pytest.raises(AgentConfigError, match="wrist_3"):
         create_agent(cfg, {"state": np.zeros(4, np.float32), "wrist_3": np.zeros((8, 8, 3), np.uint8)}, 2)
+
+
+def _layered_head(params, maps, train_mask=None):
+    """The image head as its layers define it: embeddings, (dropout), Dense, LayerNorm, tanh."""
+    h, w, c = maps.shape[-3:]
+    kernel = params["SpatialLearnedEmbeddings_0"]["kernel"]
+    x = jnp.einsum("bhwc,hwcf->bcf", maps, kernel).reshape(maps.shape[0], -1)
+    x = x @ params["Dense_0"]["kernel"] + params["Dense_0"]["bias"]
+    mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    x = (x - mean) / jnp.sqrt(var + 1e-6) * params["LayerNorm_0"]["scale"] + params["LayerNorm_0"]["bias"]
+    return jnp.tanh(x)
+
+
+@pytest.mark.parametrize("side", [1, 2, 4])
+def test_image_head_is_its_layers_whichever_order_it_multiplies_in(side):
+    head = ImageHead(num_features=8, dropout=0.1, out_dim=32)
+    maps = jax.random.normal(jax.random.PRNGKey(1), (64, side, side, 64))
+    params = head.init(jax.random.PRNGKey(0), maps, False)["params"]
+    # The parameter tree of the plain layers: checkpoints and pretrained heads load unchanged.
+    assert {k: {n: v.shape for n, v in p.items()} for k, p in params.items()} == {
+        "SpatialLearnedEmbeddings_0": {"kernel": (side, side, 64, 8)},
+        "Dense_0": {"kernel": (64 * 8, 32), "bias": (32,)},
+        "LayerNorm_0": {"scale": (32,), "bias": (32,)},
+    }
+    np.testing.assert_allclose(head.apply({"params": params}, maps, False), _layered_head(params, maps),
+                               atol=2e-5)
+    # Without dropout a training pass may take the product order too: the same gradients.
+    no_dropout = ImageHead(num_features=8, dropout=0.0, out_dim=32)
+    grads = jax.grad(lambda p: jnp.sum(no_dropout.apply({"params": p}, maps, True) ** 2))(params)
+    reference = jax.grad(lambda p: jnp.sum(_layered_head(p, maps) ** 2))(params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4), grads, reference)
+    # With dropout, training passes mask the embedding: outputs differ from the deterministic ones.
+    trained = head.apply({"params": params}, maps, True, rngs={"dropout": jax.random.PRNGKey(2)})
+    assert not np.allclose(trained, _layered_head(params, maps), atol=1e-3)
+
+
+def test_image_head_on_small_maps_costs_the_product_not_the_embedding():
+    """32x32 frames give 1x1x512 maps: the 8x512 embedding -> Dense 256 is 4096 x 256 per sample,
+    the product of the two kernels 512 x 256 (what a train-gym update runs in its target and actor
+    passes)."""
+    head = ImageHead(num_features=8, dropout=0.1, out_dim=256)
+    maps = jnp.zeros((256, 1, 1, 512))
+    params = head.init(jax.random.PRNGKey(0), maps, False)
+
+    def flops(fn):
+        cost = jax.jit(fn).lower(params, maps).compile().cost_analysis()
+        return (cost[0] if isinstance(cost, list) else cost)["flops"]
+
+    layered = flops(lambda p, x: _layered_head(p["params"], x))
+    assert flops(lambda p, x: head.apply(p, x, False)) < layered / 4
