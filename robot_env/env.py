@@ -66,7 +66,14 @@ log = logging.getLogger(__name__)
 # Lift straight up before a reset move when the TCP is this far below the reset height, so a
 # peg in the hole is pulled out along its axis instead of dragged sideways.
 _RESET_LIFT_MARGIN_M = 0.005
-_RESET_ATTEMPTS = 3
+_RESET_ATTEMPTS = 4
+# Before a retry the arm must be still: at least this long after the failure (doubling with each
+# attempt), and its joints below _STILL_JOINT_SPEED for _STILL_READINGS readings in a row. A plan
+# refused for the arm's motion state is refused again if tried at once (seen under CPU load).
+_RETRY_PAUSE_S = 0.5
+_STILL_JOINT_SPEED = 0.01  # rad/s
+_STILL_READINGS = 5
+_STILL_POLL_S = 0.02
 
 SuccessFn = Callable[[RobotState], tuple[bool, dict[str, float]]]
 
@@ -186,12 +193,14 @@ class FrankaEnv(gym.Env):
         target) is recovered and the reset tried again, up to `_RESET_ATTEMPTS` in all: one
         transient fault should not end an online run that has hours of robot time in it.
 
-        A retry first moves home in joint space (`joint_reset`): a Cartesian plan the arm refused
-        from where it stands is likely refused again from there, and a joint move needs no
-        Cartesian plan. Only a refused recovery (a person must act) ends the reset at once."""
+        A retry waits for the arm to be still (`_wait_until_still`), then first moves home in
+        joint space (`joint_reset`): a Cartesian plan the arm refused from where it stands is
+        likely refused again from there, and a joint move needs no Cartesian plan. Only a refused
+        recovery (a person must act) ends the reset at once."""
         for attempt in range(1, _RESET_ATTEMPTS + 1):
             try:
                 if attempt > 1:
+                    self._wait_until_still(_RETRY_PAUSE_S * 2 ** (attempt - 2))
                     self.robot.joint_reset()
                 self.robot.set_impedance(self.env_cfg.stiff)
                 state = self.robot.read_state()
@@ -214,6 +223,23 @@ class FrankaEnv(gym.Env):
                     raise
                 except RobotError as recovery_error:  # its clearing lift failed: the joint move comes next
                     log.warning("recovery after reset attempt %d did not finish (%s)", attempt, recovery_error)
+
+    def _wait_until_still(self, pause_s: float) -> None:
+        """Wait at least `pause_s`, then until the joints have been still for a few readings in a
+        row (bounded: at most another 4 x `pause_s`, after which the retry goes ahead anyway)."""
+        start = self.clock.now()
+        still = 0
+        while True:
+            now = self.clock.now()
+            if now - start >= pause_s:
+                try:
+                    speed = float(np.max(np.abs(self.robot.read_state().joint_velocities)))
+                except RobotError:
+                    speed = np.inf  # the link is coming back; the retry will say if it does not
+                still = still + 1 if speed < _STILL_JOINT_SPEED else 0
+                if still >= _STILL_READINGS or now - start >= 5 * pause_s:
+                    return
+            self.clock.sleep_until(now + _STILL_POLL_S)
 
     def step(self, action: np.ndarray):
         if self._state is None:

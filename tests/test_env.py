@@ -161,8 +161,8 @@ def _wrapper_chain(environment):
 def test_a_fault_during_the_reset_move_is_recovered_and_the_reset_retried(monkeypatch):
     """A transient fault in the blocking reset move (franky's planner refusing the arm's motion
     state, a reflex) is recovered and the reset retried from a joint-space move home; a recovery
-    whose clearing lift fails is one more failed attempt, not the end; a fault on every attempt is
-    one RobotError; a refused recovery (a person must act) ends the reset at once."""
+    whose clearing lift fails is one more failed attempt, not the end; each retry waits for the arm
+    to be still (at least 0.5 s, doubling); a fault on every attempt is one RobotError; a refused recovery (a person must act) ends the reset at once."""
     from robot_env.interfaces import RecoveryRefused, RobotError
 
     environment = make()
@@ -171,11 +171,19 @@ def test_a_fault_during_the_reset_move_is_recovered_and_the_reset_retried(monkey
     real_move, real_recover, real_joint_reset = robot.move_to, robot.recover, robot.joint_reset
     failures, recoveries, joint_resets = {"left": 1, "recover": None}, [], []
 
+    failed_at, retried_at = [], []
+
     def flaky_move(position, quat, timeout_s=10.0):
         if failures["left"] > 0:
             failures["left"] -= 1
+            failed_at.append(base.clock.now())
             raise RobotError("the move failed: Motion planner failed with error code -111")
         real_move(position, quat, timeout_s)
+
+    def joint_reset():
+        retried_at.append(base.clock.now())
+        joint_resets.append(1)
+        real_joint_reset()
 
     def recover():
         recoveries.append(1)
@@ -185,9 +193,12 @@ def test_a_fault_during_the_reset_move_is_recovered_and_the_reset_retried(monkey
 
     monkeypatch.setattr(robot, "move_to", flaky_move)
     monkeypatch.setattr(robot, "recover", recover)
-    monkeypatch.setattr(robot, "joint_reset", lambda: (joint_resets.append(1), real_joint_reset())[1])
+    monkeypatch.setattr(robot, "joint_reset", joint_reset)
     _, info = base.reset(seed=3)
     assert failures["left"] == 0 and len(recoveries) == 1 and len(joint_resets) == 1
+    # Not tried again at once: the arm is given time to come to rest first.
+    assert retried_at[0] - failed_at[0] >= 0.5
+    assert np.max(np.abs(robot.read_state().joint_velocities)) < 0.05
     reset_position = robot.read_state().tcp_position
     assert np.linalg.norm(reset_position - base._reset_position) < 0.05  # it did reach the start
 
@@ -198,12 +209,14 @@ def test_a_fault_during_the_reset_move_is_recovered_and_the_reset_retried(monkey
     assert failures["left"] == 0 and len(recoveries) == 2 and len(joint_resets) == 2
 
     failures["left"], failures["recover"] = 10, None
-    with pytest.raises(RobotError, match="failed 3 times in a row.*-111"):
+    failed_at.clear()
+    with pytest.raises(RobotError, match="failed 4 times in a row.*-111"):
         base.reset(seed=3)
-    assert len(recoveries) == 4  # recovered between attempts, not after the last
+    assert len(recoveries) == 5  # recovered between attempts, not after the last
+    assert np.all(np.diff(failed_at) >= np.array([0.5, 1.0, 2.0]) - 1e-9)  # the pause doubles
 
     failures["left"], failures["recover"] = 10, RecoveryRefused("the arm refused automatic error recovery")
     with pytest.raises(RecoveryRefused):
         base.reset(seed=3)
-    assert len(recoveries) == 5  # no retry once a person has to act
+    assert len(recoveries) == 6  # no retry once a person has to act
     environment.close()
