@@ -285,10 +285,18 @@ def checkpoint_transitions(learner_dir: Path) -> dict[int, int]:
 
 
 def nearest_checkpoints(transitions: dict[int, int], marks: Sequence[int]) -> dict[int, tuple[int, int]]:
-    """{mark: (checkpoint step, its online transitions)} of the checkpoint nearest each mark."""
+    """{mark: (checkpoint step, its online transitions)} of the checkpoint nearest each mark. A
+    mark after 0 takes a checkpoint that holds online data where one exists: a learner whose
+    first checkpoint came before any transition (it was still compiling while the actor ran) must
+    not report its starting policy as the policy after those steps."""
     if not transitions:
         return {}
-    return {mark: min(transitions.items(), key=lambda st: (abs(st[1] - mark), st[0])) for mark in marks}
+    trained = {step: count for step, count in transitions.items() if count > 0}
+    picks = {}
+    for mark in marks:
+        candidates = trained if mark > 0 and trained else transitions
+        picks[mark] = min(candidates.items(), key=lambda st: (abs(st[1] - mark), st[0]))
+    return picks
 
 
 def eval_commands(plan: PipelinePlan, method: str, learner_dir: Path,

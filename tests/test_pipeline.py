@@ -251,6 +251,10 @@ def test_nearest_checkpoint_per_mark():
     transitions = {1: 0, 2: 180, 3: 420, 4: 1010}
     assert nearest_checkpoints(transitions, [0, 200, 1000]) == {0: (1, 0), 200: (2, 180), 1000: (4, 1010)}
     assert nearest_checkpoints({}, [0]) == {}
+    # A checkpoint before any online transition is the starting policy: never a later mark's,
+    # even when it is the nearest (the learner compiled while the actor ran all its steps).
+    assert nearest_checkpoints({1: 0, 2: 105}, [0, 40]) == {0: (1, 0), 40: (2, 105)}
+    assert nearest_checkpoints({1: 0}, [0, 40]) == {0: (1, 0), 40: (1, 0)}
 
 
 def test_compare_table_means_over_seeds(tmp_path):
