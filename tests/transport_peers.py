@@ -1,9 +1,11 @@
 """Live transport peers on loopback for the transport tests: a fast-heartbeat config on a free
-port, a started learner server and actor client for the fuzzing module's observation layout, and
-a bounded wait."""
+port, a started learner server and actor client for the fuzzing module's observation layout, a
+TCP relay that can stall its connections, and a bounded wait."""
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 
 from agent.process_config import TransportConfig
@@ -31,3 +33,56 @@ def wait_for(predicate, timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.01)
     return predicate()
+
+
+class StallingRelay:
+    """A loopback TCP relay to `target_port` that can stall: after `stall()`, the connections open
+    at that moment stay open but carry nothing more either way (as a stalled NAT entry or middlebox
+    would); connections made later are relayed normally."""
+
+    def __init__(self, target_port: int):
+        self.target_port = target_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.connections = 0
+        self._stalled_below = 0  # connections numbered below this carry nothing
+        self._sockets: list[socket.socket] = []
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def stall(self) -> None:
+        self._stalled_below = self.connections + 1
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                near, _ = self._listener.accept()
+                far = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:
+                return
+            self.connections += 1
+            self._sockets += [near, far]
+            for src, dst in ((near, far), (far, near)):
+                threading.Thread(target=self._pump, args=(src, dst, self.connections), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, number: int) -> None:
+        try:
+            while data := src.recv(65536):
+                if number >= self._stalled_below:
+                    dst.sendall(data)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self._closed = True
+        for sock in [self._listener, *self._sockets]:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def __enter__(self) -> StallingRelay:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -24,6 +24,13 @@ pause (up to `transport.reconnect_max_s`); a burst of REJECT `hello_required` (e
 to a learner that restarted) schedules one HELLO, not one each; only the WELCOME that brings the
 link up triggers a resend (later WELCOMEs of the same session just update the watermarks); a
 REJECT `busy` pauses sending for the time the learner asks and then resends from `resend_from`.
+
+A connection that swallows messages is replaced: ZeroMQ reconnects a TCP connection that fails,
+but not one that stays open and carries nothing (a stalled relay or NAT entry, a peer's wedged
+pipe). When HELLOs sent on the current socket have gone unanswered for `reopen_after_s` (twice
+the larger of `reconnect_max_s` and `heartbeat_timeout_s`), the thread closes the socket and
+connects a fresh one (the "lazy pirate" pattern); whatever was in flight is resent after the
+WELCOME, as after any reconnection.
 """
 
 from __future__ import annotations
@@ -110,6 +117,9 @@ class ActorClient(ServiceThread):
         self.busy_pauses = 0
         self.resends = 0  # chunks transmitted again
         self.retransmission_timeouts = 0
+        self.socket_reopens = 0  # connections replaced after HELLOs went unanswered (see the module doc)
+        self.reopen_after_s = 2.0 * max(cfg.reconnect_max_s, cfg.heartbeat_timeout_s)
+        self._first_unanswered_hello = 0.0  # when the oldest unanswered HELLO on this socket went out
         self._hello_attempts = 0  # HELLOs sent since the link was last up (for the back-off)
         self._next_beat = 0.0
         self._pause_until = 0.0
@@ -189,9 +199,8 @@ class ActorClient(ServiceThread):
 
     # ------------------------------------------------------------------ service thread
 
-    def _serve(self) -> None:
+    def _open_dealer(self) -> zmq.Socket:
         dealer = self._context.socket(zmq.DEALER)
-        wake = None
         try:
             dealer.setsockopt(zmq.LINGER, 0)
             # Queue nothing for a learner that is not connected: the resend logic owns retries.
@@ -201,11 +210,20 @@ class ActorClient(ServiceThread):
             dealer.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
             secure_client(dealer, self.cfg)
             dealer.connect(self.endpoint)
+        except BaseException:
+            dealer.close(0)
+            raise
+        self._first_unanswered_hello = 0.0
+        return dealer
+
+    def _serve(self) -> None:
+        dealer = wake = None
+        try:
+            dealer = self._open_dealer()
             wake = self._wake_socket()
         except BaseException as exc:
-            dealer.close(0)
-            if wake is not None:
-                wake.close(0)
+            if dealer is not None:
+                dealer.close(0)
             self._serve_failed(exc)
             return
         self._serve_ready()
@@ -217,6 +235,11 @@ class ActorClient(ServiceThread):
             while not self._stop.is_set():
                 try:
                     self._serve_once(poller, dealer, wake)
+                    if self._connection_swallows():
+                        poller.unregister(dealer)
+                        dealer.close(0)
+                        dealer = self._open_dealer()
+                        poller.register(dealer, zmq.POLLIN)
                     failures = 0
                 except zmq.ContextTerminated:
                     raise
@@ -275,7 +298,24 @@ class ActorClient(ServiceThread):
         if self._try_send(dealer, self._hello()):
             self.hellos_sent += 1
             self._hello_attempts += 1
+            if not self._first_unanswered_hello:
+                self._first_unanswered_hello = now
         self._next_beat = now + self.hello_delay(self._hello_attempts)
+
+    def _connection_swallows(self) -> bool:
+        """Whether HELLOs taken by this socket have gone unanswered for `reopen_after_s` (logged)."""
+        since = self._first_unanswered_hello
+        if not since or self.state in ("up", "refused"):
+            return False
+        waited = time.monotonic() - since
+        if waited < self.reopen_after_s:
+            return False
+        self.socket_reopens += 1
+        log.warning("transport: %d HELLO(s) to %s unanswered for %.1f s; opening a new connection (reopen #%d)",
+                    self._hello_attempts, self.endpoint, waited, self.socket_reopens)
+        self._hello_attempts = 0  # knock on the new connection as soon as it is up
+        self._next_beat = time.monotonic()
+        return True
 
     def hello_delay(self, attempts: int) -> float:
         interval = self.cfg.heartbeat_interval_s
@@ -380,6 +420,7 @@ class ActorClient(ServiceThread):
 
     def _dispatch(self, dealer: zmq.Socket, message: Message) -> None:
         self._last_heard = time.monotonic()
+        self._first_unanswered_hello = 0.0  # the connection carries the learner's word
         kind = message.type
         if kind == MessageType.WELCOME:
             session = str(message.fields.get("session", ""))
