@@ -162,7 +162,8 @@ def test_a_fault_during_the_reset_move_is_recovered_and_the_reset_retried(monkey
     """A transient fault in the blocking reset move (franky's planner refusing the arm's motion
     state, a reflex) is recovered and the reset retried from a joint-space move home; a recovery
     whose clearing lift fails is one more failed attempt, not the end; each retry waits for the arm
-    to be still (at least 0.5 s, doubling); a fault on every attempt is one RobotError; a refused recovery (a person must act) ends the reset at once."""
+    to be still (at least 0.5 s, doubling); a fault on every attempt is one RobotError; a refused
+    recovery (a person must act) ends the reset at once."""
     from robot_env.interfaces import RecoveryRefused, RobotError
 
     environment = make()

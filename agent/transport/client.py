@@ -235,11 +235,7 @@ class ActorClient(ServiceThread):
             while not self._stop.is_set():
                 try:
                     self._serve_once(poller, dealer, wake)
-                    if self._connection_swallows():
-                        poller.unregister(dealer)
-                        dealer.close(0)
-                        dealer = self._open_dealer()
-                        poller.register(dealer, zmq.POLLIN)
+                    dealer = self._replace_if_silent(poller, dealer)
                     failures = 0
                 except zmq.ContextTerminated:
                     raise
@@ -302,20 +298,22 @@ class ActorClient(ServiceThread):
                 self._first_unanswered_hello = now
         self._next_beat = now + self.hello_delay(self._hello_attempts)
 
-    def _connection_swallows(self) -> bool:
-        """Whether HELLOs taken by this socket have gone unanswered for `reopen_after_s` (logged)."""
+    def _replace_if_silent(self, poller: zmq.Poller, dealer: zmq.Socket) -> zmq.Socket:
+        """A new socket in place of `dealer` once HELLOs sent on it have gone unanswered for
+        `reopen_after_s` (see the module doc); else `dealer` itself."""
         since = self._first_unanswered_hello
-        if not since or self.state in ("up", "refused"):
-            return False
-        waited = time.monotonic() - since
-        if waited < self.reopen_after_s:
-            return False
+        if not since or self.state in ("up", "refused") or time.monotonic() - since < self.reopen_after_s:
+            return dealer
+        fresh = self._open_dealer()  # first: if it cannot be opened, the old socket stays in place
+        poller.unregister(dealer)
+        dealer.close(0)
+        poller.register(fresh, zmq.POLLIN)
         self.socket_reopens += 1
-        log.warning("transport: %d HELLO(s) to %s unanswered for %.1f s; opening a new connection (reopen #%d)",
-                    self._hello_attempts, self.endpoint, waited, self.socket_reopens)
+        log.warning("transport: %d HELLO(s) to %s unanswered for %.1f s; opened a new connection (reopen #%d)",
+                    self._hello_attempts, self.endpoint, time.monotonic() - since, self.socket_reopens)
         self._hello_attempts = 0  # knock on the new connection as soon as it is up
         self._next_beat = time.monotonic()
-        return True
+        return fresh
 
     def hello_delay(self, attempts: int) -> float:
         interval = self.cfg.heartbeat_interval_s
