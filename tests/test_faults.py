@@ -20,7 +20,7 @@ import gymnasium as gym
 import jax
 import numpy as np
 import pytest
-from test_learner import chunk, config, deliver  # noqa: E402
+from test_learner import chunk, close_learners, config, deliver, make_learner  # noqa: F401  (an autouse fixture)
 
 from agent.checkpoint import AgentCheckpointer
 from agent.data.episodes import EpisodeStore, load_episode
@@ -29,27 +29,7 @@ from agent.data.synthetic import synthetic_episode
 from agent.learner import LearnerError
 from agent.param_sync import export_acting_params
 from agent.returns import RewardShaping
-from franka_rl.assemble import build_learner
 from franka_rl.cli import main
-
-_open_learners: list = []
-
-
-def make_learner(cfg, **kw):
-    kw.setdefault("report", lambda message: None)
-    learner = build_learner(cfg, **kw)
-    _open_learners.append(learner)
-    return learner
-
-
-@pytest.fixture(autouse=True)
-def close_learners():
-    """A learner left open (a failed assertion) would keep its ZeroMQ socket and hang the exit."""
-    yield
-    while _open_learners:
-        server = _open_learners.pop().server
-        if not server._context.closed:
-            server.close()
 
 
 def flip_byte(path: Path, fraction: float = 0.5) -> None:

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from test_gym_trainer import _random_pendulum_episodes, tiny_config
+from test_learner import close_learners  # noqa: F401  (an autouse fixture: closes the learners a test opens)
 
 from agent import off2on
 from agent.checkpoint import AgentCheckpointer

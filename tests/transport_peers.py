@@ -1,12 +1,14 @@
 """Live transport peers on loopback for the transport tests: a fast-heartbeat config on a free
 port, a started learner server and actor client for the fuzzing module's observation layout, a
-TCP relay that can stall its connections, and a bounded wait."""
+TCP relay that can stall its connections, a bounded wait, and a thread's current stack."""
 
 from __future__ import annotations
 
 import socket
+import sys
 import threading
 import time
+import traceback
 
 from agent.process_config import TransportConfig
 from agent.transport import ActorClient, LearnerServer
@@ -35,6 +37,15 @@ def wait_for(predicate, timeout: float = 10.0) -> bool:
     return predicate()
 
 
+def thread_stack(thread: threading.Thread) -> str:
+    """Where `thread` is right now, innermost frames last: for a failure message that must tell a
+    stuck thread from one that runs but hears nothing."""
+    frame = sys._current_frames().get(thread.ident)
+    if frame is None:
+        return f"thread {thread.name}: not running\n"
+    return f"thread {thread.name}:\n" + "".join(traceback.format_stack(frame, limit=10))
+
+
 class StallingRelay:
     """A loopback TCP relay to `target_port` that can stall: after `stall()`, the connections open
     at that moment stay open but carry nothing more either way (as a stalled NAT entry or middlebox
@@ -48,7 +59,8 @@ class StallingRelay:
         self._stalled_below = 0  # connections numbered below this carry nothing
         self._sockets: list[socket.socket] = []
         self._closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._threads = [threading.Thread(target=self._accept, name="relay-accept", daemon=True)]
+        self._threads[0].start()
 
     def stall(self) -> None:
         self._stalled_below = self.connections + 1
@@ -63,7 +75,10 @@ class StallingRelay:
             self.connections += 1
             self._sockets += [near, far]
             for src, dst in ((near, far), (far, near)):
-                threading.Thread(target=self._pump, args=(src, dst, self.connections), daemon=True).start()
+                pump = threading.Thread(target=self._pump, args=(src, dst, self.connections), name="relay-pump",
+                                        daemon=True)
+                self._threads.append(pump)
+                pump.start()
 
     def _pump(self, src: socket.socket, dst: socket.socket, number: int) -> None:
         try:
@@ -74,12 +89,17 @@ class StallingRelay:
             pass
 
     def close(self) -> None:
+        """Close every socket and join the threads: a blocked accept() or recv() returns only
+        after a shutdown (closing alone does not wake it), so none outlives the test."""
         self._closed = True
         for sock in [self._listener, *self._sockets]:
             try:
-                sock.close()
-            except OSError:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:  # not connected
                 pass
+            sock.close()
+        for thread in self._threads:
+            thread.join(5.0)
 
     def __enter__(self) -> StallingRelay:
         return self
