@@ -2,9 +2,11 @@
 Intel RealSense (pyrealsense2, imported only when a RealSense camera is built).
 
 Each camera runs a capture thread that keeps only the newest frame and the host monotonic time it
-arrived, so `read()` returns at once and never serves a frame from a queue. `read()` crops and
-resizes that frame per config and raises `CameraError` when it is older than `max_frame_age_s`
-(a stalled or unplugged device) or when the capture thread has stopped.
+arrived, so `read()` never serves a frame from a queue. `read()` crops and resizes that frame per
+config. It never returns a frame older than `max_frame_age_s`: when the newest one is older (a
+capture thread that a loaded machine did not schedule, a USB hiccup) it waits for the next one,
+and raises `CameraError` only when none arrives within `stall_timeout_s` (a stalled device) or
+when the capture thread has stopped (an unplugged device, a video file that ended).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class CaptureThreadCamera(ABC):
         self.height = height
         self.width = width
         self._lock = threading.Lock()
+        self._new_frame = threading.Condition(self._lock)
         self._frame: np.ndarray | None = None
         self._stamp = 0.0
         self._frames_captured = 0
@@ -95,6 +98,8 @@ class CaptureThreadCamera(ABC):
         try:
             self._capture_until_stopped()
         finally:
+            with self._lock:
+                self._new_frame.notify_all()  # a read waiting for a frame re-checks now
             self._release_once()  # here, after the last grab: never under a grab in progress
 
     def _release_once(self) -> None:
@@ -132,6 +137,7 @@ class CaptureThreadCamera(ABC):
                 self._frame = frame
                 self._stamp = stamp
                 self._frames_captured += 1
+                self._new_frame.notify_all()
 
     def _wait_for_first_frame(self) -> None:
         deadline = time.monotonic() + self.cfg.open_timeout_s
@@ -162,21 +168,33 @@ class CaptureThreadCamera(ABC):
             return self._frames_captured
 
     def read(self) -> tuple[np.ndarray, float]:
+        """The newest frame (cropped, resized) and the monotonic time it arrived. A newest frame
+        older than `max_frame_age_s` is not used: read waits for the next one, up to
+        `stall_timeout_s`, so a moment's delay costs the caller a late step, not the run."""
+        stall_deadline = None
         with self._lock:
-            frame, stamp, failure = self._frame, self._stamp, self._failure
-        if failure is not None:
-            raise CameraError(
-                f"camera '{self.name}' ({self.cfg.kind} {self._source()!r}) is gone: {failure}. "
-                "Check the cable (use a powered USB 3 port), then restart"
-            )
-        if frame is None:
-            raise CameraError(f"camera '{self.name}' has no frame yet")
-        age = time.monotonic() - stamp
-        if age > self.cfg.max_frame_age_s:
-            raise CameraError(
-                f"camera '{self.name}' ({self.cfg.kind} {self._source()!r}): newest frame is "
-                f"{age:.2f} s old (limit {self.cfg.max_frame_age_s:.2f} s); the device stalled"
-            )
+            while True:
+                frame, stamp, failure = self._frame, self._stamp, self._failure
+                if failure is not None:
+                    raise CameraError(
+                        f"camera '{self.name}' ({self.cfg.kind} {self._source()!r}) is gone: {failure}. "
+                        "Check the cable (use a powered USB 3 port), then restart"
+                    )
+                if frame is None:
+                    raise CameraError(f"camera '{self.name}' has no frame yet")
+                now = time.monotonic()
+                if now - stamp <= self.cfg.max_frame_age_s:
+                    break
+                if stall_deadline is None:
+                    stall_deadline = now + self.cfg.stall_timeout_s
+                if now >= stall_deadline or self._stop.is_set():
+                    raise CameraError(
+                        f"camera '{self.name}' ({self.cfg.kind} {self._source()!r}): no new frame within "
+                        f"{self.cfg.stall_timeout_s:.2f} s (stall_timeout_s); the newest is {now - stamp:.2f} s "
+                        f"old and frames older than {self.cfg.max_frame_age_s:.2f} s (max_frame_age_s) are "
+                        "not used: the device stalled"
+                    )
+                self._new_frame.wait(stall_deadline - now)
         return crop_and_resize(frame, self.cfg.crop, self.height, self.width), stamp
 
     def close(self) -> None:

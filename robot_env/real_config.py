@@ -29,8 +29,11 @@ class CameraDeviceConfig:
     fps: int = 30
     # Crop in capture pixels (x0, y0, x1, y1) before resizing; empty keeps the full frame.
     crop: list[int] = field(default_factory=list)
-    # `read()` raises CameraError when the newest frame is older than this.
+    # `read()` never returns a frame older than this: it waits for a newer one instead.
     max_frame_age_s: float = 0.2
+    # How long `read()` waits for a frame younger than max_frame_age_s before it raises
+    # CameraError (a stalled device). Each wait delays that control step, nothing more.
+    stall_timeout_s: float = 1.0
     # How long to wait for the first frame when the camera is opened.
     open_timeout_s: float = 5.0
 
@@ -110,6 +113,7 @@ def _validate_camera(key: str, camera: CameraDeviceConfig) -> None:
         (camera.capture_height >= 1, f"{key}.capture_height must be >= 1, got {camera.capture_height}"),
         (camera.fps >= 1, f"{key}.fps must be >= 1, got {camera.fps}"),
         (camera.max_frame_age_s > 0, f"{key}.max_frame_age_s must be > 0, got {camera.max_frame_age_s}"),
+        (camera.stall_timeout_s > 0, f"{key}.stall_timeout_s must be > 0, got {camera.stall_timeout_s}"),
         (camera.open_timeout_s > 0, f"{key}.open_timeout_s must be > 0, got {camera.open_timeout_s}"),
     ]
     # Only the crop's shape and order are checked here; whether it fits the frames the device

@@ -86,15 +86,35 @@ def test_crop_outside_the_frame_is_a_clear_error(long_video):
         OpenCVCamera(camera_config(long_video, crop=[0, 0, 400, 100]), 16, 16)
 
 
-def test_stale_frame_is_an_error(long_video):
-    # A source delivering 2 frames/s cannot meet a 0.1 s age limit between frames.
-    camera = OpenCVCamera(camera_config(long_video, fps=2, max_frame_age_s=0.1), 16, 16)
+def test_a_late_frame_is_waited_for_not_used_stale_nor_fatal(long_video):
+    # A source delivering 2 frames/s cannot meet a 0.1 s age limit between frames: each read that
+    # finds the newest frame too old waits for the next one (a late control step, not a lost run).
+    camera = OpenCVCamera(camera_config(long_video, fps=2, max_frame_age_s=0.1, stall_timeout_s=1.0), 16, 16)
     try:
-        deadline = time.monotonic() + 2.0
-        with pytest.raises(CameraError, match=r"newest frame is \d+\.\d+ s old \(limit 0\.10 s\)"):
+        stamps, waited = [], []
+        for _ in range(4):
+            asked = time.monotonic()
+            _, stamp = camera.read()
+            returned = time.monotonic()
+            assert returned - stamp <= 0.1 + 0.05, "a frame older than max_frame_age_s was returned"
+            stamps.append(stamp)
+            waited.append(returned - asked)
+            time.sleep(0.15)  # past the limit again before the next read
+        assert stamps == sorted(set(stamps))
+        assert max(waited) > 0.1, f"no read had to wait: {waited}"
+    finally:
+        camera.close()
+
+
+def test_a_source_with_no_fresh_frame_within_the_stall_timeout_is_an_error(long_video):
+    camera = OpenCVCamera(camera_config(long_video, fps=2, max_frame_age_s=0.1, stall_timeout_s=0.2), 16, 16)
+    try:
+        deadline = time.monotonic() + 3.0
+        with pytest.raises(CameraError, match=r"no new frame within 0\.20 s \(stall_timeout_s\); the newest is "
+                                              r"\d+\.\d+ s old .*the device stalled"):
             while time.monotonic() < deadline:
                 camera.read()
-                time.sleep(0.02)
+                time.sleep(0.15)
     finally:
         camera.close()
 

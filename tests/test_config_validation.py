@@ -43,6 +43,7 @@ BAD_OVERRIDES = [
     ("sim.render_backend=vulkan", "sim.render_backend"),
     ("real.relative_dynamics_factor=2", "real.relative_dynamics_factor"),
     ("real.cameras=[{name: wrist_1, fps: 0}]", "real.cameras[0].fps"),
+    ("real.cameras=[{name: wrist_1, stall_timeout_s: 0}]", "real.cameras[0].stall_timeout_s must be > 0"),
     ("agent.network.critic_hidden_dims=[]", "agent.network.critic_hidden_dims"),
     ("agent.encoder.image_dropout=1", "agent.encoder.image_dropout"),
     ("agent.sac.discount=1", "agent.sac.discount"),
