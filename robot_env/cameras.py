@@ -283,7 +283,11 @@ class RealSenseCamera(CaptureThreadCamera):
             ) from None
 
     def _grab(self) -> np.ndarray | None:
-        frames = self._pipeline.wait_for_frames(int(max(self.cfg.max_frame_age_s, 0.1) * 1000))
+        # try_wait: a frame that is late is one failed grab, and read() decides when late is stalled.
+        # (wait_for_frames raises on its timeout, which would end the stream on the first hiccup.)
+        arrived, frames = self._pipeline.try_wait_for_frames(int(max(self.cfg.stall_timeout_s, 0.1) * 1000))
+        if not arrived:
+            return None
         color = frames.get_color_frame()
         if not color:
             return None

@@ -4,6 +4,7 @@ video file written here, paced like a camera."""
 from __future__ import annotations
 
 import importlib.util
+import sys
 import time
 from pathlib import Path
 
@@ -140,6 +141,80 @@ def test_realsense_without_its_library_or_device_is_a_clear_error():
     expected = "pyrealsense2 is not installed" if importlib.util.find_spec("pyrealsense2") is None else "RealSense"
     with pytest.raises(CameraError, match=expected):
         RealSenseCamera(cfg, 16, 16)
+
+
+class _FakeRealSense:
+    """pyrealsense2's pipeline API as RealSenseCamera uses it (no software peer exists for a
+    RealSense): colour frames at about 50 Hz, except for one gap of `gap_s` after the third frame."""
+
+    class stream:  # noqa: N801 (pyrealsense2's names)
+        color = "color"
+
+    class format:  # noqa: N801
+        rgb8 = "rgb8"
+
+    def __init__(self, gap_s: float):
+        self.gap_s = gap_s
+        self.frames_served = 0
+        self.gap_ends = 0.0
+        fake = self
+
+        class config:  # noqa: N801
+            def enable_device(self, serial): pass
+            def enable_stream(self, *args): pass
+
+        class pipeline:  # noqa: N801
+            def start(self, cfg): pass
+            def stop(self): pass
+
+            def try_wait_for_frames(self, timeout_ms):
+                if fake.frames_served == 3 and not fake.gap_ends:
+                    fake.gap_ends = time.monotonic() + fake.gap_s
+                wait = max(fake.gap_ends - time.monotonic(), 0.0)
+                if wait > timeout_ms / 1000:
+                    time.sleep(timeout_ms / 1000)
+                    return False, None  # what the library returns when no frame came in time
+                time.sleep(max(wait, 0.02))
+                fake.frames_served += 1
+                return True, _FakeFrames()
+
+            def wait_for_frames(self, timeout_ms):
+                arrived, frames = self.try_wait_for_frames(timeout_ms)
+                if not arrived:
+                    raise RuntimeError(f"Frame didn't arrive within {timeout_ms}")
+                return frames
+
+        self.config, self.pipeline = config, pipeline
+
+
+class _FakeFrames:
+    def get_color_frame(self):
+        return self
+
+    def __bool__(self):
+        return True
+
+    def get_data(self):
+        return np.full((HEIGHT, WIDTH, 3), 128, np.uint8)
+
+
+def test_a_realsense_frame_late_by_more_than_the_age_limit_does_not_end_the_stream(monkeypatch):
+    fake = _FakeRealSense(gap_s=0.6)
+    monkeypatch.setitem(sys.modules, "pyrealsense2", fake)
+    cfg = CameraDeviceConfig(name="wrist_2", kind="realsense", device="", max_frame_age_s=0.2, stall_timeout_s=0.3)
+    camera = RealSenseCamera(cfg, 16, 16)
+    try:
+        while not fake.gap_ends:
+            time.sleep(0.01)
+        with pytest.raises(CameraError, match="the device stalled"):
+            while True:  # within the gap: no fresh frame within stall_timeout_s
+                camera.read()
+                time.sleep(0.02)
+        time.sleep(max(fake.gap_ends - time.monotonic(), 0.0) + 0.1)
+        frame, stamp = camera.read()  # the stream goes on after the gap
+        assert frame.shape == (16, 16, 3) and stamp > fake.gap_ends - 0.05
+    finally:
+        camera.close()
 
 
 def test_open_cameras_matches_env_names_and_rejects_unknown_kinds(long_video):
