@@ -8,7 +8,14 @@ import pytest
 from agent.config import AgentConfig, AgentConfigError
 from agent.core import agent_encode_frames, create_agent, encode_frames, uses_feature_cache
 from agent.sac import critic_loss_and_grads
-from agent.vision import ImageHead, make_backbone, random_shift
+from agent.vision import (
+    DROPOUT_RESOLUTION,
+    ImageHead,
+    dropout,
+    dropout_keep_mask,
+    make_backbone,
+    random_shift,
+)
 
 B, H = 4, 32
 
@@ -161,6 +168,50 @@ def test_image_head_is_its_layers_whichever_order_it_multiplies_in(side):
     # With dropout, training passes mask the embedding: outputs differ from the deterministic ones.
     trained = head.apply({"params": params}, maps, True, rngs={"dropout": jax.random.PRNGKey(2)})
     assert not np.allclose(trained, _layered_head(params, maps), atol=1e-3)
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.1, 0.5])
+def test_dropout_keeps_each_element_independently_at_the_rate(rate):
+    """Two 16-bit uniforms per random word: every element, both halves of every word and every
+    row kept at 1 - rate; the keep probability returned is the exact one used for scaling."""
+    shape = (512, 4097)  # an odd width: the last word's second half is dropped
+    keep, keep_prob = dropout_keep_mask(jax.random.PRNGKey(0), shape, rate)
+    assert keep.shape == shape and keep.dtype == jnp.bool_
+    assert keep_prob == 1.0 - round(rate * DROPOUT_RESOLUTION) / DROPOUT_RESOLUTION
+    assert abs(keep_prob - (1.0 - rate)) < 1.0 / DROPOUT_RESOLUTION
+    keep = np.asarray(keep)
+    if rate == 0.0:
+        assert keep.all()
+        return
+    sigma = np.sqrt(keep_prob * (1 - keep_prob) / keep.size)
+    assert abs(keep.mean() - keep_prob) < 5 * sigma
+    for part in (keep[:, 0::2], keep[:, 1::2], keep[: len(keep) // 2], keep[len(keep) // 2:]):
+        assert abs(part.mean() - keep_prob) < 8 * sigma
+    # Independent elements: rows differ, and neighbours agree as often as chance says.
+    assert len({row.tobytes() for row in keep[:64]}) == 64
+    agree = (keep[:, :-1] == keep[:, 1:]).mean()
+    assert abs(agree - (keep_prob ** 2 + (1 - keep_prob) ** 2)) < 8 * sigma
+    other, _ = dropout_keep_mask(jax.random.PRNGKey(1), shape, rate)
+    assert (np.asarray(other) != keep).any()
+
+
+def test_image_head_dropout_is_unbiased_and_off_outside_training():
+    """Dropout scales what it keeps by the exact keep probability: the masked embedding averages to
+    the unmasked one. Outside training nothing is masked."""
+    head = ImageHead(num_features=8, dropout=0.5, out_dim=16)
+    maps = jax.random.normal(jax.random.PRNGKey(1), (8, 1, 1, 16))
+    params = head.init(jax.random.PRNGKey(0), maps, False)["params"]
+    embed = params["SpatialLearnedEmbeddings_0"]["kernel"]
+    x = jnp.einsum("bhwc,hwcf->bcf", maps, embed).reshape(8, -1)
+
+    masked = jax.vmap(lambda key: dropout(key, x, head.dropout))(jax.random.split(jax.random.PRNGKey(3), 4000))
+    assert 0.45 < float((masked == 0).mean()) < 0.55
+    mean = masked.mean(0)
+    np.testing.assert_allclose(mean, x, atol=0.06 * float(jnp.abs(x).max()))
+    np.testing.assert_array_equal(head.apply({"params": params}, maps, False),
+                                  head.apply({"params": params}, maps, False))
+    outs = [head.apply({"params": params}, maps, True, rngs={"dropout": jax.random.PRNGKey(k)}) for k in (4, 5)]
+    assert not np.allclose(outs[0], outs[1])
 
 
 def test_image_head_on_small_maps_costs_the_product_not_the_embedding():
