@@ -90,10 +90,20 @@ def _validated_pose(position: np.ndarray, quat: np.ndarray) -> tuple[np.ndarray,
     return position, quat / norm
 
 
-# How long close() waits for franky's control thread to end the last motion.
+# How long close() waits for franky's control thread to end the last motion (and for the Hand's
+# last command to return).
 CLOSE_JOIN_TIMEOUT_S = 15.0
-# Robots whose last motion did not end within that time: kept alive rather than destroyed under it.
+# Robots whose last motion, or Hands whose last command, did not end within that time: kept alive
+# rather than destroyed under it.
 _STILL_STOPPING: list[Any] = []
+
+
+def _wait_for_future(future: Any, timeout_s: float) -> bool:
+    """Whether a franky Future finished within `timeout_s` (an error counts as finished)."""
+    try:
+        return bool(future.wait(timeout_s))
+    except Exception:
+        return True
 
 
 def call_with_timeout(fn: Any, timeout_s: float) -> Any:
@@ -246,7 +256,7 @@ class FrankyRobot:
             # Release the dead sessions first: the arm (and franky-sim) serve one client each.
             self._robot = None
             self._model = None
-            self._gripper = None
+            self._release_gripper(timeout_s=1.0)  # over a dead link its command fails at once
             try:
                 self._connect()
                 if self.cfg.gripper:
@@ -335,7 +345,8 @@ class FrankyRobot:
         except Exception as exc:
             # Drop the session without another command: libfranka aborts the process when one
             # thread stops the robot while another is still blocked inside it.
-            self._robot = self._model = self._gripper = self._tracker = None
+            self._robot = self._model = self._tracker = None
+            self._release_gripper()
             raise RobotError(f"the arm did not accept the guiding-mode setting ({exc})") from None
 
     def _raise_if_faulted(self, state: Any) -> None:
@@ -620,9 +631,29 @@ class FrankyRobot:
         # (seen on a loaded machine, where the stop takes longer than a second): wait for it.
         if not self._halt(CLOSE_JOIN_TIMEOUT_S):
             _STILL_STOPPING.append(self._robot)  # never destroyed under a live motion
+        self._release_gripper()
         self._robot = None
         self._model = None
-        self._gripper = None
+
+    def _release_gripper(self, timeout_s: float = CLOSE_JOIN_TIMEOUT_S) -> None:
+        """Drop the Hand's session once its last command has returned. franky runs a grasp or move
+        on a thread of its own that reads the Hand's connection: freeing the gripper under it
+        crashed the process at exit (a segfault in `Gripper::grasp`, seen on a loaded machine
+        right after a recording). A command still running after `timeout_s` is stopped; one
+        that does not end even then keeps its gripper alive, like a robot that will not stop."""
+        gripper, future = self._gripper, self._gripper_future
+        self._gripper = self._gripper_future = None
+        self._gripper_closed = None
+        if future is None:
+            return
+        if _wait_for_future(future, timeout_s):
+            return
+        try:
+            gripper.stop()
+        except Exception:
+            pass  # the link may be gone; the wait below decides
+        if not _wait_for_future(future, timeout_s):
+            _STILL_STOPPING.append((gripper, future))
 
     def __enter__(self) -> FrankyRobot:
         return self

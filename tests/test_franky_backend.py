@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import _thread
 import signal
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -178,6 +181,33 @@ def test_gripper_closes_and_opens(robot):
     assert robot._gripper_future is future
     assert robot.wait_for_gripper(5.0)
     assert robot.read_state().gripper_width < 0.005
+
+
+CLOSE_DURING_A_GRASP = """
+import sys, time
+from robot_env.franky_backend import FrankyRobot
+from robot_env.real_config import RealConfig
+robot = FrankyRobot(RealConfig(robot_ip=sys.argv[1], realtime=False, gripper_speed_mps=0.02))
+robot.set_gripper(closed=False)
+assert robot.wait_for_gripper(10.0)
+robot.set_gripper(closed=True)  # 8 cm at 2 cm/s: about 4 s of franky's grasp thread
+future = robot._gripper_future
+time.sleep(0.3)
+print("grasping at close:", not future.wait(0.0), flush=True)
+robot.close()
+del robot, future
+print("closed", flush=True)
+"""
+
+
+def test_closing_during_a_grasp_waits_for_it_instead_of_crashing(peer):
+    """franky runs a grasp on its own thread, reading the Hand's connection: closing the backend
+    under it freed that connection and the process died of a segfault at exit (seen on a loaded
+    machine right after `record-demos`). In its own process, so a crash fails only this test."""
+    result = subprocess.run([sys.executable, "-c", CLOSE_DURING_A_GRASP, peer.host], capture_output=True,
+                            text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    assert result.returncode == 0, f"rc {result.returncode}\n{result.stdout}\n{result.stderr[-2000:]}"
+    assert "grasping at close: True" in result.stdout and "closed" in result.stdout
 
 
 def test_blocking_move_that_overruns_its_timeout_stops_the_arm(robot):
