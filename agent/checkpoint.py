@@ -240,6 +240,26 @@ class AgentCheckpointer:
     def all_steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
 
+    def finished_steps(self) -> list[int]:
+        """The steps whose save finished: their manifest is written (or they predate manifests).
+
+        Orbax makes a step's folder visible before the manifest is written, so a reader of a live
+        run (an evaluation, a pipeline, a test polling the learner) can see a step that is still
+        being saved, and a writer killed mid-save leaves one that way for good. Neither is
+        readable; the newest finished step is. Checksums are checked when a step is read."""
+        finished = []
+        for step in self.all_steps():
+            if (self.step_directory(step) / MANIFEST_NAME).exists():
+                finished.append(step)
+                continue
+            try:
+                meta = self._read_meta_unverified(step)
+            except CheckpointError:
+                continue  # pruned while we looked, or unreadable: not a step to read
+            if not meta.get("manifest"):
+                finished.append(step)
+        return finished
+
     def step_directory(self, step: int) -> Path:
         return self.directory / str(int(step))
 
@@ -346,7 +366,8 @@ class AgentCheckpointer:
             except CheckpointError as exc:
                 raise CheckpointCorruptError(f"{where}: no checksum manifest and {exc}") from None
             if meta.get("manifest"):
-                raise CheckpointCorruptError(f"{where}: its checksum manifest is missing (the save did not finish)")
+                raise CheckpointCorruptError(f"{where}: its checksum manifest is missing (the save did not "
+                                             "finish: still being written, or its writer stopped mid-save)")
             return False
         try:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))

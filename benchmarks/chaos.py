@@ -166,10 +166,11 @@ def main() -> int:
 
     produced = recorded(run)
     checkpointer = AgentCheckpointer(run / "learner" / "checkpoints", max_to_keep=None)
-    if checkpointer.latest_step() is None:
+    finished = checkpointer.finished_steps()  # the last kill may have cut a save short
+    if not finished:
         print(f"FAILED: the learner left no checkpoint (logs in {run})")
         return 1
-    extra = checkpointer.read_meta(checkpointer.latest_step())["extra"]
+    extra = checkpointer.read_meta(finished[-1])["extra"]
     stored = {s: int(state["transitions"]) for s, state in extra["streams"].items()}
     buffer = ReplayBuffer.load_chain([run / "learner" / "replay" / s["file"] for s in snapshot_chain(extra)],
                                      shaping=reward_shaping(load_config(None).agent))

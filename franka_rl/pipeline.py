@@ -281,7 +281,7 @@ def checkpoint_transitions(learner_dir: Path) -> dict[int, int]:
 
     checkpointer = AgentCheckpointer(learner_dir / "checkpoints", max_to_keep=None)
     return {step: int(checkpointer.read_meta(step)["extra"].get("transitions", 0))
-            for step in checkpointer.all_steps()}
+            for step in checkpointer.finished_steps()}
 
 
 def nearest_checkpoints(transitions: dict[int, int], marks: Sequence[int]) -> dict[int, tuple[int, int]]:
@@ -416,10 +416,10 @@ def prune_old_buffers(learner_dir: Path) -> int:
     from agent.learner import snapshot_chain
 
     checkpointer = AgentCheckpointer(learner_dir / "checkpoints", max_to_keep=None)
-    latest = checkpointer.latest_step()
-    if latest is None:
+    finished = checkpointer.finished_steps()
+    if not finished:
         return 0
-    keep = {segment["file"] for segment in snapshot_chain(checkpointer.read_meta(latest)["extra"])}
+    keep = {segment["file"] for segment in snapshot_chain(checkpointer.read_meta(finished[-1])["extra"])}
     pruned = 0
     for path in (learner_dir / "replay").glob("buffer_*.npz"):
         if path.name not in keep:

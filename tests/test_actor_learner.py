@@ -91,9 +91,10 @@ def episodes(directory: Path) -> list[dict]:
 
 
 def checkpoint_extra(run_dir: Path) -> dict:
+    """The newest finished checkpoint's caller data (the learner may be saving the next one)."""
     checkpointer = AgentCheckpointer(run_dir / "checkpoints", max_to_keep=None)
-    step = checkpointer.latest_step()
-    return {} if step is None else checkpointer.read_meta(step)["extra"]
+    finished = checkpointer.finished_steps()
+    return checkpointer.read_meta(finished[-1])["extra"] if finished else {}
 
 
 def send_garbage(port: int) -> None:

@@ -4,7 +4,13 @@ import jax
 import numpy as np
 import pytest
 
-from agent.checkpoint import AgentCheckpointer, CheckpointError, CheckpointMismatchError
+from agent.checkpoint import (
+    MANIFEST_NAME,
+    AgentCheckpointer,
+    CheckpointCorruptError,
+    CheckpointError,
+    CheckpointMismatchError,
+)
 from agent.config import AgentConfig, OnlineConfig
 from agent.core import create_agent
 from agent.rlpd import mix_batches, offline_batch_size
@@ -75,6 +81,29 @@ def test_round_trip_restores_every_leaf_and_resumes_latest(tmp_path, pretrained)
     a1, m1 = learner_step(agent, _batches(9))
     a2, m2 = learner_step(restored, _batches(9))
     assert float(m1["critic_loss"]) == float(m2["critic_loss"])
+
+
+def test_a_reader_sees_only_finished_steps_while_a_save_is_in_flight(tmp_path, pretrained):
+    """Orbax shows a step's folder before the manifest is written: a reader polling a live run
+    (eval, the pipeline) must take the newest finished step, not fail on the one being saved."""
+    cfg, agent = pretrained
+    writer = AgentCheckpointer(tmp_path / "ckpt", max_to_keep=None)
+    writer.save(10, agent, cfg, extra={"transitions": 10})
+    seen = {}
+
+    def reader_looks(step_directory):  # the writer is between orbax's finish and the manifest
+        reader = AgentCheckpointer(tmp_path / "ckpt", max_to_keep=None)
+        seen["all"], seen["finished"] = reader.all_steps(), reader.finished_steps()
+        with pytest.raises(CheckpointCorruptError, match="still being written"):
+            reader.read_meta(20)
+        seen["extra"] = reader.read_meta(seen["finished"][-1])["extra"]
+
+    writer.save(20, agent, cfg, extra={"transitions": 20}, before_manifest=reader_looks)
+    assert seen == {"all": [10, 20], "finished": [10], "extra": {"transitions": 10}}
+    assert AgentCheckpointer(tmp_path / "ckpt").finished_steps() == [10, 20]
+    # A writer killed mid-save leaves a step without its manifest: never finished.
+    (writer.step_directory(20) / MANIFEST_NAME).unlink()
+    assert AgentCheckpointer(tmp_path / "ckpt").finished_steps() == [10]
 
 
 def test_restoring_into_another_architecture_names_the_part(tmp_path, pretrained):
