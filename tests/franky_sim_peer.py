@@ -10,6 +10,7 @@ Run as a script it is the server; its stdin takes `pause SECONDS` and `quit`.
 
 from __future__ import annotations
 
+import queue
 import subprocess
 import sys
 import threading
@@ -17,6 +18,7 @@ import time
 
 HOST = "127.0.0.1"
 _READY = "READY"
+_PAUSED = "PAUSED"
 
 
 class PeerUnavailable(RuntimeError):
@@ -24,8 +26,9 @@ class PeerUnavailable(RuntimeError):
 
 
 class FrankySimPeer:
-    def __init__(self, process: subprocess.Popen, host: str = HOST):
+    def __init__(self, process: subprocess.Popen, paused: threading.Event, host: str = HOST):
         self._process = process
+        self._paused = paused
         self.host = host
 
     @classmethod
@@ -41,6 +44,7 @@ class FrankySimPeer:
         )
         lines: list[str] = []
         ready = threading.Event()
+        paused = threading.Event()
 
         def pump() -> None:
             assert process.stdout is not None
@@ -48,6 +52,8 @@ class FrankySimPeer:
                 lines.append(line.rstrip())
                 if line.startswith(_READY):
                     ready.set()
+                elif line.startswith(_PAUSED):
+                    paused.set()
             ready.set()
 
         threading.Thread(target=pump, daemon=True).start()
@@ -57,16 +63,21 @@ class FrankySimPeer:
             process.wait(5)
             tail = "\n".join(lines[-8:])
             raise PeerUnavailable(f"franky-sim did not start on {host}:1337:\n{tail}")
-        return cls(process, host)
+        return cls(process, paused, host)
 
     def _send(self, line: str) -> None:
         assert self._process.stdin is not None
         self._process.stdin.write(line + "\n")
         self._process.stdin.flush()
 
-    def pause(self, seconds: float) -> None:
-        """Stop stepping and serving for `seconds` (the arm's link goes silent)."""
+    def pause(self, seconds: float, ack_timeout_s: float = 10.0) -> None:
+        """Stop stepping and serving for `seconds` (the arm's link goes silent). Returns once the
+        server has stopped, so that the silence is timed from here even when a loaded machine
+        delays the server's command reader."""
+        self._paused.clear()
         self._send(f"pause {seconds}")
+        if not self._paused.wait(ack_timeout_s):
+            raise RuntimeError(f"franky-sim did not acknowledge a pause within {ack_timeout_s} s")
 
     def close(self, wait_s: float = 10.0) -> None:
         """Ask the server to quit; kill it if it has not within `wait_s`."""
@@ -101,14 +112,14 @@ def _serve(host: str) -> None:
     from franky_sim import SimulationServer
     from franky_sim.mujoco_simulator import MujocoSimulator
 
-    pause_until = [0.0]
+    requested_pauses: queue.SimpleQueue[float] = queue.SimpleQueue()
     stop = threading.Event()
 
     def read_commands() -> None:
         for line in sys.stdin:
             parts = line.split()
             if parts[:1] == ["pause"]:
-                pause_until[0] = time.monotonic() + float(parts[1])
+                requested_pauses.put(float(parts[1]))
             elif parts[:1] == ["quit"]:
                 break
         stop.set()
@@ -118,8 +129,16 @@ def _serve(host: str) -> None:
         sim.add_robot()
         with SimulationServer(sim, hostname_candidates=[host]) as server:
             print(_READY, host, flush=True)
+            pause_until = 0.0
             while not stop.is_set():
-                if time.monotonic() < pause_until[0]:
+                # The serving loop starts the pause (not the reader thread), so the client's
+                # acknowledgement marks the moment the link actually went silent.
+                try:
+                    pause_until = time.monotonic() + requested_pauses.get_nowait()
+                    print(_PAUSED, flush=True)
+                except queue.Empty:
+                    pass
+                if time.monotonic() < pause_until:
                     time.sleep(0.001)
                     continue
                 server.run_once(True)

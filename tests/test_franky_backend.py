@@ -156,13 +156,21 @@ def test_induced_link_fault_is_recovered_through_the_env(robot, peer):
     env.reset(seed=1)
     for _ in range(3):
         env.step(np.zeros(6, dtype=np.float32))
-    peer.pause(1.5)  # libfranka gives up on the silent link after 1 s
+    peer.pause(1.5)  # returns once the link is silent; libfranka gives up on it after 1 s
     time.sleep(1.2)
-    started = time.monotonic()
-    _, _, terminated, truncated, info = env.step(np.zeros(6, dtype=np.float32))
-    print(f"fault step took {time.monotonic() - started:.2f} s: {info.get('robot_error')}")
+    # franky's control thread notices the silence on its own schedule, which a loaded machine
+    # delays: the fault surfaces on the first step after it does, and that step ends the episode.
+    quiet_steps = []
+    for _ in range(30):
+        started = time.monotonic()
+        _, _, terminated, truncated, info = env.step(np.zeros(6, dtype=np.float32))
+        if "robot_error" in info:
+            break
+        assert not truncated and not terminated
+        quiet_steps.append(time.monotonic() - started)
+    print(f"fault after {len(quiet_steps)} quiet steps; its step took {time.monotonic() - started:.2f} s: {info.get('robot_error')}")
+    assert "robot_error" in info, "a 1.5 s silent link never surfaced as a robot error"
     assert truncated and not terminated
-    assert "robot_error" in info
     # recover() reconnected, cleared the fault and lifted clear; it did not hang.
     assert time.monotonic() - started < 8.0
     _, info = env.reset(seed=2)
