@@ -136,7 +136,9 @@ def test_teach_pose_abort_or_closed_input_writes_nothing(peer, tmp_path):
         assert reason in result.stderr and "nothing was written" in result.stderr
         assert "Traceback" not in result.stderr
         assert not out.exists()
-    assert time.monotonic() - started < 30
+    # Two CLI starts, connects and reads: seconds (a hang would meet the 60 s timeout first); the
+    # bound leaves room for a loaded machine.
+    assert time.monotonic() - started < 45
 
 
 def test_refused_guiding_setting_is_one_line_and_writes_nothing(tmp_path):
@@ -152,13 +154,15 @@ def test_refused_guiding_setting_is_one_line_and_writes_nothing(tmp_path):
         result = subprocess.run(
             [FRANKA_RL, "teach-pose", "--config", str(REAL_CONFIG), "--out", str(out),
              f"real.robot_ip={host}", "real.realtime=false"],
-            input="\n", capture_output=True, text=True, timeout=60, cwd=REPO_ROOT,
+            input="\n", capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
         )
         elapsed = time.monotonic() - started
     finally:
         peer.close(wait_s=1.0)  # it no longer answers its own quit command either
     assert result.returncode == 2
-    assert elapsed < 15
+    # The setting gets 3 s; the rest is the CLI's start and connect (4.5 s in all on an idle
+    # machine, 14 s beside three busy loops). Without the timeout libfranka waits forever.
+    assert elapsed < 30
     assert "guiding-mode setting" in result.stderr and "--free-axes keep" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert not out.exists()
